@@ -1,0 +1,190 @@
+"""The token value object and the parsing of token-endpoint responses.
+
+OpsNow does not publish the token response's field names, so parsing is
+tolerant about *where* the token and its lifetime are, and strict about what
+they are: a lifetime that is present but unusable is an error, never a guess.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import TokenResponseError
+
+DEFAULT_LIFETIME = 3600.0
+"""Lifetime assumed when the response and the token say nothing about expiry."""
+
+TOKEN_KEYS = ("accessToken", "access_token", "token")
+LIFETIME_KEYS = ("expiresIn", "expires_in")
+EXPIRY_KEYS = ("expiresAt", "expires_at", "expiration")
+
+_MILLISECONDS_THRESHOLD = 1e11
+"""Epoch values above this are milliseconds (1e11 s is the year 5138)."""
+
+_SAFE_TOKEN = re.compile(r"[\x21-\x7e]+")
+"""Visible ASCII only: no space, no control character, so no header injection."""
+
+_MAX_KEYS_NAMED = 20
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token and when it stops working.
+
+    ``expires_at`` and ``issued_at`` are absolute wall-clock epoch seconds.
+    ``repr()`` never shows the value.
+    """
+
+    value: str
+    expires_at: float
+    issued_at: float
+
+    def __repr__(self) -> str:
+        return f"Token(expires_at={self.expires_at!r}, issued_at={self.issued_at!r})"
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.issued_at
+
+
+def check_token_value(value: object) -> str:
+    """Return ``value`` if it is safe to put in an ``Authorization`` header."""
+    if not isinstance(value, str) or not value:
+        raise TokenResponseError("the access token is not a non-empty string")
+    if not _SAFE_TOKEN.fullmatch(value):
+        raise TokenResponseError(
+            "the access token contains spaces, control or non-ASCII characters; refusing it"
+        )
+    return value
+
+
+def parse_token_payload(payload: object, *, now: float) -> Token:
+    """Build a :class:`Token` from a decoded token response.
+
+    The token may sit in the object itself or in its ``data`` member. Raises
+    :class:`TokenResponseError` naming the keys found (never their values).
+    """
+    if not isinstance(payload, dict):
+        raise TokenResponseError(
+            f"the token response is a JSON {type(payload).__name__}, not an object"
+        )
+    source = _object_holding_token(payload)
+    if source is None:
+        found = _describe_keys(payload)
+        raise TokenResponseError(f"the token response has no access token; {found}")
+    value = check_token_value(_first_present(source, TOKEN_KEYS))
+    expires_at = _expiry(source, value, now=now)
+    return Token(value=value, expires_at=expires_at, issued_at=now)
+
+
+def _object_holding_token(payload: dict[str, Any]) -> dict[str, Any] | None:
+    if _first_present(payload, TOKEN_KEYS) is not None:
+        return payload
+    data = payload.get("data")
+    if isinstance(data, dict) and _first_present(data, TOKEN_KEYS) is not None:
+        return data
+    return None
+
+
+def _first_present(source: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if source.get(key) is not None:
+            return source[key]
+    return None
+
+
+def _describe_keys(payload: dict[str, Any]) -> str:
+    names = sorted(str(key) for key in payload)[:_MAX_KEYS_NAMED]
+    text = f"found keys: {', '.join(names) or '(none)'}"
+    data = payload.get("data")
+    if isinstance(data, dict):
+        data_names = sorted(str(key) for key in data)[:_MAX_KEYS_NAMED]
+        text += f"; in data: {', '.join(data_names) or '(none)'}"
+    return text
+
+
+def _expiry(source: dict[str, Any], token: str, *, now: float) -> float:
+    for key in LIFETIME_KEYS:
+        if source.get(key) is not None:
+            return now + _positive_seconds(source[key], key)
+    for key in EXPIRY_KEYS:
+        if source.get(key) is not None:
+            return _absolute_expiry(source[key], key, now=now)
+    jwt_exp = jwt_expiry(token)
+    if jwt_exp is not None and jwt_exp > now:
+        return jwt_exp
+    return now + DEFAULT_LIFETIME
+
+
+def _number(raw: object) -> float | None:
+    """A finite number from a JSON number or numeric string, else None."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, (int, float)):
+        number = float(raw)
+    elif isinstance(raw, str):
+        try:
+            number = float(raw.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _positive_seconds(raw: object, key: str) -> float:
+    seconds = _number(raw)
+    if seconds is None or seconds <= 0:
+        raise TokenResponseError(f"the token response's {key} is not a positive number of seconds")
+    return seconds
+
+
+def _absolute_expiry(raw: object, key: str, *, now: float) -> float:
+    epoch = _number(raw)
+    if epoch is None and isinstance(raw, str):
+        epoch = _iso_timestamp(raw)
+    if epoch is None:
+        raise TokenResponseError(f"the token response's {key} is not a readable time")
+    if epoch > _MILLISECONDS_THRESHOLD:
+        epoch /= 1000.0
+    if epoch <= now:
+        raise TokenResponseError(f"the token response's {key} is not in the future")
+    return epoch
+
+
+def _iso_timestamp(text: str) -> float | None:
+    cleaned = text.strip()
+    if cleaned.endswith(("Z", "z")):
+        cleaned = cleaned[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(cleaned)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read only to learn the expiry; None if absent.
+
+    The signature is not checked: nothing else in the token is trusted or used.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    segment = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(segment))
+    except (binascii.Error, ValueError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    return _number(claims.get("exp"))

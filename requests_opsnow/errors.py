@@ -1,0 +1,63 @@
+"""The exception hierarchy.
+
+Everything raised by this package derives from :class:`OpsNowAuthError`, which
+derives from :class:`requests.RequestException`, so an existing
+``except requests.RequestException`` block keeps catching it.
+"""
+
+from __future__ import annotations
+
+import requests
+
+__all__ = [
+    "InvalidApiKeyError",
+    "OpsNowAPIError",
+    "OpsNowAuthError",
+    "TokenRequestError",
+    "TokenResponseError",
+]
+
+
+class OpsNowAuthError(requests.RequestException):
+    """Root of every error raised by requests-opsnow.
+
+    Like every ``requests`` exception it carries ``.request`` and
+    ``.response`` (either may be ``None``). Messages never contain the API
+    key or a token.
+    """
+
+
+class InvalidApiKeyError(OpsNowAuthError):
+    """The token endpoint rejected the API key (HTTP 400, 401 or 403). Not retried."""
+
+
+class TokenRequestError(OpsNowAuthError):
+    """The token request failed: connection error, timeout, 429 or 5xx after retries.
+
+    ``.response`` is the last response received, if there was one.
+    """
+
+
+class TokenResponseError(OpsNowAuthError):
+    """The token endpoint answered 2xx without a usable token."""
+
+
+class OpsNowAPIError(OpsNowAuthError, requests.HTTPError):
+    """An OpsNow API call answered with an error status.
+
+    ``code`` and ``message`` are the server's own (``error.code`` and
+    ``error.message`` of the OpsNow error body), or the HTTP status and reason
+    when the body is not an OpsNow error; ``.response`` is the failed response.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        *,
+        code: int | str | None,
+        message: str,
+        response: requests.Response | None = None,
+    ) -> None:
+        super().__init__(text, response=response)
+        self.code = code
+        self.message = message

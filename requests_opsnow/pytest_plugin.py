@@ -1,0 +1,34 @@
+"""pytest plugin (registered through the ``pytest11`` entry point ``opsnow``).
+
+It provides the fixture ``opsnow_fake``: a started
+:class:`~requests_opsnow.testing.FakeOpsNow`, closed after the test. The
+fixture does not touch ``os.environ``; point code that reads its settings from
+the environment at the fake with ``monkeypatch``::
+
+    def test_companies(opsnow_fake, monkeypatch):
+        monkeypatch.setenv("OPSNOW_API_KEY", opsnow_fake.api_key)
+        monkeypatch.setenv("OPSNOW_BASE_URL", opsnow_fake.base_url)
+        ...
+        assert opsnow_fake.token_requests == 1
+
+Failures, delays and malformed token payloads can be injected with
+``opsnow_fake.fail_token_requests(...)``, ``set_token_delay(...)`` and
+``set_token_body(...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from requests_opsnow.testing import FakeOpsNow
+
+__all__ = ["opsnow_fake"]
+
+
+@pytest.fixture
+def opsnow_fake() -> Iterator[FakeOpsNow]:
+    """A running fake OpsNow server on loopback, closed after the test."""
+    with FakeOpsNow() as fake:
+        yield fake

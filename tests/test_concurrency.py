@@ -1,0 +1,203 @@
+"""Threads, early refresh in the background, and fork — counted at the server."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import pytest
+import requests
+
+from requests_opsnow import OpsNowAuth, TokenRequestError
+from requests_opsnow.auth import EARLY_RETRY_DELAY
+from requests_opsnow.testing import FakeOpsNow
+
+from .conftest import FakeClock
+from .test_auth_wire import COMPANIES, bearer, refresh_threads, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+MakeAuth = Callable[..., OpsNowAuth]
+
+
+def run_together(count: int, action: Callable[[], int]) -> list[int]:
+    """Run ``action`` in ``count`` threads released at the same instant."""
+    barrier = threading.Barrier(count)
+
+    def task() -> int:
+        barrier.wait()
+        return action()
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        futures = [pool.submit(task) for _ in range(count)]
+        return [future.result(timeout=20) for future in futures]
+
+
+def get_status(auth: OpsNowAuth, url: str) -> int:
+    with requests.Session() as s:
+        return s.get(url, auth=auth, timeout=10).status_code
+
+
+def test_32_cold_threads_make_exactly_one_token_request(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    fake.set_token_delay(0.2)  # keep the fetch in flight while the others arrive
+    auth = make_auth()
+    statuses = run_together(32, lambda: get_status(auth, fake.base_url + COMPANIES))
+    assert statuses == [200] * 32
+    assert fake.token_requests == 1
+    assert {bearer(r) for r in fake.api_requests} == {fake.issued_tokens[0]}
+
+
+def test_20_threads_hit_by_one_revocation_cause_exactly_one_refresh(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    auth = make_auth()
+    assert get_status(auth, fake.base_url + COMPANIES) == 200
+    fake.revoke_tokens()
+    fake.set_token_delay(0.2)
+    statuses = run_together(20, lambda: get_status(auth, fake.base_url + COMPANIES))
+    assert statuses == [200] * 20
+    assert fake.token_requests == 2
+
+
+def test_waiters_share_the_leaders_error_and_the_next_call_retries(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    fake.fail_token_requests(503, count=1, delay=0.2)
+    auth = make_auth(max_retries=0)
+
+    def attempt() -> int:
+        try:
+            return get_status(auth, fake.base_url + COMPANIES)
+        except TokenRequestError:
+            return -1
+
+    assert run_together(8, attempt) == [-1] * 8
+    assert fake.token_requests == 1
+    assert fake.api_requests == []
+    assert get_status(auth, fake.base_url + COMPANIES) == 200
+    assert fake.token_requests == 2
+
+
+# -- non-blocking early refresh (B2) -------------------------------------------------
+
+
+def test_nobody_waits_for_an_early_refresh_and_only_one_runs(
+    fake: FakeOpsNow, make_auth: MakeAuth, clock: FakeClock
+) -> None:
+    auth = make_auth()
+    first_token = auth.get_token()
+    clock.advance(3600 - 200)  # due (margin 300 s), still valid
+    fake.hold_token_requests()
+    try:
+        statuses = run_together(10, lambda: get_status(auth, fake.base_url + COMPANIES))
+        # Every request finished while the refresh was still held at the server.
+        assert statuses == [200] * 10
+        assert fake.token_requests == 2
+        assert fake.issued_tokens == [first_token]
+        assert {bearer(r) for r in fake.api_requests} == {first_token}
+    finally:
+        fake.release_token_requests()
+    assert wait_until(lambda: not refresh_threads())
+    assert get_status(auth, fake.base_url + COMPANIES) == 200
+    assert bearer(fake.api_requests[-1]) == fake.issued_tokens[1]
+    assert fake.token_requests == 2
+
+
+def test_failed_early_refresh_keeps_the_valid_token_and_warns(
+    fake: FakeOpsNow, make_auth: MakeAuth, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = make_auth(max_retries=0)
+    token = auth.get_token()
+    clock.advance(3600 - 200)
+    fake.fail_token_requests(503, count=-1)
+    with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
+        assert get_status(auth, fake.base_url + COMPANIES) == 200
+        assert wait_until(lambda: fake.token_requests == 2 and not refresh_threads())
+        assert get_status(auth, fake.base_url + COMPANIES) == 200
+    assert fake.token_requests == 2  # no retry storm: the next try waits a little
+    assert {bearer(r) for r in fake.api_requests} == {token}
+    assert "early OpsNow token refresh failed" in caplog.text
+
+    fake.reset()
+    clock.advance(EARLY_RETRY_DELAY + 1)
+    auth.get_token()
+    assert wait_until(lambda: len(fake.issued_tokens) == 2 and not refresh_threads())
+    assert auth.get_token() == fake.issued_tokens[1]
+
+
+def test_no_refresh_thread_outlives_the_refresh(
+    fake: FakeOpsNow, make_auth: MakeAuth, clock: FakeClock
+) -> None:
+    auth = make_auth()
+    for _ in range(3):
+        auth.get_token()
+        clock.advance(3600 - 200)
+        auth.get_token()
+        assert wait_until(lambda: not refresh_threads())
+    assert fake.token_requests == 4
+    assert all(t.daemon for t in refresh_threads())
+
+
+# -- fork (B9) -----------------------------------------------------------------------
+
+
+def _child_request(auth: OpsNowAuth, url: str) -> int:
+    """Run in a forked child: make one request, return an exit status."""
+    try:
+        return 0 if get_status(auth, url) == 200 else 1
+    except BaseException:  # noqa: BLE001 - any failure is the child's exit status
+        return 2
+
+
+def _fork_and_wait(auth: OpsNowAuth, url: str) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(_child_request(auth, url))
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_child_forked_during_a_token_fetch_makes_its_own_request(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    auth = make_auth()
+    url = fake.base_url + COMPANIES
+    fake.hold_token_requests()
+    parent = threading.Thread(target=get_status, args=(auth, url))
+    parent.start()
+    try:
+        assert wait_until(lambda: fake.token_requests == 1)
+        # The parent thread is inside the fetch, holding the locks. The child must
+        # not inherit them held; it fetches its own token once the server lets it.
+        threading.Timer(0.3, fake.release_token_requests).start()
+        assert _fork_and_wait(auth, url) == 0
+    finally:
+        fake.release_token_requests()
+        parent.join(10)
+    assert fake.token_requests == 2
+    assert len(fake.api_requests) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_child_forked_during_a_background_refresh_still_works(
+    fake: FakeOpsNow, make_auth: MakeAuth, clock: FakeClock
+) -> None:
+    auth = make_auth()
+    auth.get_token()
+    clock.advance(3600 - 200)
+    fake.hold_token_requests()
+    try:
+        auth.get_token()  # starts the background refresh, which the server holds
+        assert wait_until(lambda: fake.token_requests == 2)
+        assert _fork_and_wait(auth, fake.base_url + COMPANIES) == 0
+    finally:
+        fake.release_token_requests()
+    assert wait_until(lambda: not refresh_threads())
