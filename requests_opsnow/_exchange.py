@@ -131,7 +131,7 @@ def _parse_success(response: requests.Response, endpoint: TokenEndpoint, api_key
     where = f"token response from {endpoint.safe_url} (HTTP {response.status_code})"
     try:
         payload: Any = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         content_type = response.headers.get("Content-Type", "no Content-Type")
         raise TokenResponseError(
             f"{where} is not JSON ({content_type})", response=response
@@ -149,7 +149,7 @@ def _describe_failure(response: requests.Response, api_key: str) -> str:
     text = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
     try:
         payload = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
     server_message = _server_error(payload, api_key) if isinstance(payload, dict) else ""
     return f"{text}: {server_message}" if server_message else text

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .errors import TokenResponseError
@@ -127,14 +127,11 @@ def _number(raw: object) -> float | None:
     """A finite number from a JSON number or numeric string, else None."""
     if isinstance(raw, bool):
         return None
-    if isinstance(raw, (int, float)):
-        number = float(raw)
-    elif isinstance(raw, str):
-        try:
-            number = float(raw.strip())
-        except ValueError:
-            return None
-    else:
+    if not isinstance(raw, (int, float, str)):
+        return None
+    try:
+        number = float(raw.strip() if isinstance(raw, str) else raw)
+    except (ValueError, OverflowError):  # OverflowError: a JSON integer too big for a float
         return None
     return number if math.isfinite(number) else None
 
@@ -148,28 +145,39 @@ def _positive_seconds(raw: object, key: str) -> float:
 
 def _absolute_expiry(raw: object, key: str, *, now: float) -> float:
     epoch = _number(raw)
+    if epoch is not None and epoch > _MILLISECONDS_THRESHOLD:
+        epoch /= 1000.0
     if epoch is None and isinstance(raw, str):
         epoch = _iso_timestamp(raw)
     if epoch is None:
         raise TokenResponseError(f"the token response's {key} is not a readable time")
-    if epoch > _MILLISECONDS_THRESHOLD:
-        epoch /= 1000.0
     if epoch <= now:
         raise TokenResponseError(f"the token response's {key} is not in the future")
     return epoch
 
 
+_ISO_8601 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
+    r"\s*(?:([Zz])|([+-])(\d{2}):?(\d{2})?)?)?"
+)
+"""ISO-8601 date-times, parsed the same way on every Python (3.9's fromisoformat is narrow)."""
+
+
 def _iso_timestamp(text: str) -> float | None:
-    cleaned = text.strip()
-    if cleaned.endswith(("Z", "z")):
-        cleaned = cleaned[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(cleaned)
-    except ValueError:
+    match = _ISO_8601.fullmatch(text.strip())
+    if match is None:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    year, month, day, hour, minute, second, fraction, _, sign, off_h, off_m = match.groups()
+    offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
+    zone = timezone(-offset if sign == "-" else offset) if sign else timezone.utc
+    try:
+        moment = datetime(
+            int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
+            int((fraction or "0")[:6].ljust(6, "0")), tzinfo=zone,
+        )  # fmt: skip
+        return moment.timestamp()
+    except (ValueError, OverflowError):
+        return None
 
 
 def jwt_expiry(token: str) -> float | None:
