@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Union
 from urllib.parse import urlsplit, urlunsplit
@@ -43,13 +42,15 @@ def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request
 
 
-@dataclass(frozen=True)
 class TokenEndpoint:
     """Where and how to exchange the key for a token."""
 
-    url: str
-    timeout: Timeout
-    max_retries: int
+    __slots__ = ("max_retries", "timeout", "url")
+
+    def __init__(self, url: str, timeout: Timeout, max_retries: int) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.max_retries = max_retries
 
     @property
     def safe_url(self) -> str:

@@ -12,7 +12,6 @@ import binascii
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -34,17 +33,38 @@ _SAFE_TOKEN = re.compile(r"[\x21-\x7e]+")
 _MAX_KEYS_NAMED = 20
 
 
-@dataclass(frozen=True)
 class Token:
-    """An access token and when it stops working.
+    """An access token and when it stops working: an immutable value object.
 
     ``expires_at`` and ``issued_at`` are absolute wall-clock epoch seconds.
-    ``repr()`` never shows the value.
+    ``repr()`` never shows the value. (Hand-written rather than a frozen
+    dataclass: importing ``dataclasses`` would cost more than the whole package.)
     """
 
+    __slots__ = ("expires_at", "issued_at", "value")
     value: str
     expires_at: float
     issued_at: float
+
+    def __init__(self, value: str, expires_at: float, issued_at: float) -> None:
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "expires_at", expires_at)
+        object.__setattr__(self, "issued_at", issued_at)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _fields(self) -> tuple[str, float, float]:
+        return (self.value, self.expires_at, self.issued_at)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Token) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __reduce__(self) -> tuple[type[Token], tuple[str, float, float]]:
+        return (Token, self._fields())
 
     def __repr__(self) -> str:
         return f"Token(expires_at={self.expires_at!r}, issued_at={self.issued_at!r})"
@@ -156,7 +176,7 @@ def _absolute_expiry(raw: object, key: str, *, now: float) -> float:
     return epoch
 
 
-_ISO_8601 = re.compile(
+_ISO_8601_PATTERN = (
     r"(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
     r"\s*(?:([Zz])|([+-])(\d{2}):?(\d{2})?)?)?"
 )
@@ -164,7 +184,7 @@ _ISO_8601 = re.compile(
 
 
 def _iso_timestamp(text: str) -> float | None:
-    match = _ISO_8601.fullmatch(text.strip())
+    match = re.fullmatch(_ISO_8601_PATTERN, text.strip())  # compiled (and cached) on first use
     if match is None:
         return None
     year, month, day, hour, minute, second, fraction, _, sign, off_h, off_m = match.groups()

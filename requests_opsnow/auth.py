@@ -151,10 +151,14 @@ class OpsNowAuth(AuthBase):
 
     def get_token(self) -> str:
         """A valid access token, fetched if needed."""
+        return self.get_token_info().value
+
+    def get_token_info(self) -> Token:
+        """Like :meth:`get_token`, with the expiry: a :class:`Token` (value, expires_at)."""
         current = self._current
         if current is None or _clock.now() >= current.refresh_at:
             current = self._current_when_due(current)
-        return current.token.value
+        return current.token
 
     def invalidate(self) -> None:
         """Forget the cached token; the next request fetches a new one."""
