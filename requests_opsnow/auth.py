@@ -7,11 +7,10 @@ replay — happens off it.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from requests.auth import AuthBase
@@ -58,8 +57,22 @@ class _Current:
         self.header = f"Bearer {token.value}"
         self.refresh_at = token.expires_at - margin
         self.block_at = token.expires_at - min(MANDATORY_WINDOW, margin / 2)
-        # One hook object per token: the hot path allocates nothing.
-        self.hook = functools.partial(auth._on_response, self)
+        self.hook = _response_hook(auth, self)
+
+
+def _response_hook(auth: OpsNowAuth, sent: _Current) -> Callable[..., requests.Response]:
+    """The response hook of requests that carried ``sent``: made once per token.
+
+    A plain function, so that the common case (not a 401) costs one call and
+    one comparison on every response.
+    """
+
+    def hook(response: requests.Response, **send_options: Any) -> requests.Response:
+        if response.status_code != 401:
+            return response
+        return auth._on_401(sent, response, send_options)
+
+    return hook
 
 
 class OpsNowAuth(AuthBase):
@@ -267,11 +280,9 @@ class OpsNowAuth(AuthBase):
 
     # -- the 401 handler ----------------------------------------------------------
 
-    def _on_response(
-        self, sent: _Current, response: requests.Response, **send_options: Any
+    def _on_401(
+        self, sent: _Current, response: requests.Response, send_options: dict[str, Any]
     ) -> requests.Response:
-        if response.status_code != 401:
-            return response
         request = response.request
         # Only a response to a request that really carried this token: after a
         # cross-origin redirect requests has stripped it, and we never put it back.
