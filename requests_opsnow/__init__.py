@@ -8,6 +8,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ._config import (
     GLOBAL_BASE_URL,
@@ -27,22 +28,48 @@ from .errors import (
     TokenResponseError,
 )
 
+if TYPE_CHECKING:
+    from .filecache import FileTokenCache
+    from .session import OpsNowSession, raise_for_opsnow_error
+
 logging.getLogger("requests_opsnow").addHandler(logging.NullHandler())
+
+_LAZY = {
+    "FileTokenCache": "filecache",
+    "OpsNowSession": "session",
+    "raise_for_opsnow_error": "session",
+}
+"""Imported on first use: the session pulls in requests-toolbelt, which most users never need."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "GLOBAL_BASE_URL",
     "KOREA_BASE_URL",
     "LEGACY_BASE_URL",
     "REGIONS",
+    "FileTokenCache",
     "InvalidApiKeyError",
     "MemoryTokenCache",
     "OpsNowAPIError",
     "OpsNowAuth",
     "OpsNowAuthError",
+    "OpsNowSession",
     "Token",
     "TokenCache",
     "TokenRequestError",
     "TokenResponseError",
     "__version__",
     "base_url_for_region",
+    "raise_for_opsnow_error",
 ]

@@ -43,7 +43,7 @@ def replay_with(
     if getattr(request, _REPLAYED, False):
         log.debug("401 to a replayed request; returning it")
         return response
-    problem = _unreplayable_body(request)
+    problem = unreplayable_body(request)
     if problem:
         log.warning("not replaying %s after a 401: %s", _describe(request), problem)
         return response
@@ -73,7 +73,7 @@ def replay_with(
     return new_response
 
 
-def _unreplayable_body(request: requests.PreparedRequest) -> str | None:
+def unreplayable_body(request: requests.PreparedRequest) -> str | None:
     body: object = request.body  # typed bytes | str, but a file or iterator in practice
     if body is None or isinstance(body, (bytes, str)):
         return None

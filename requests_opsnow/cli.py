@@ -1,34 +1,285 @@
-"""The ``opsnow`` command line (also ``python -m requests_opsnow``)."""
+"""The ``opsnow`` command line (also ``python -m requests_opsnow``).
+
+Exit codes: 0 ok, 1 API error, 2 usage, 3 authentication or token error.
+Errors are one line on stderr (a traceback only with ``--debug``), never the key.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
+import traceback
 from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable
+
+import requests
 
 from . import __version__
+from ._config import API_KEY_ENV, BASE_URL_ENV, REGIONS, base_url_for_region
+from .errors import OpsNowAuthError
+
+if TYPE_CHECKING:
+    from .auth import OpsNowAuth
+    from .session import OpsNowSession
+
+EXIT_OK, EXIT_API_ERROR, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="opsnow", description="Call the OpsNow API with automatic token handling."
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser(
-        "demo",
-        help="walk through token handling against an embedded fake server (no key needed)",
-        description="Start a fake OpsNow server on loopback and show fetch, reuse, early"
-        " refresh and 401 -> refresh -> replay, with token request counts.",
-        epilog="example: opsnow demo",
-    )
-    return parser
+class UsageError(Exception):
+    """Bad arguments or configuration: exit 2."""
+
+
+class ApiError(Exception):
+    """The API answered with an error status: exit 1."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from .demo import run_demo
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    try:
+        result: int = args.run(args)
+        return result
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line and an exit code
+        return _report(error, debug=args.debug)
 
-        return run_demo(sys.stdout)
-    return 2  # pragma: no cover - argparse rejects unknown commands first
+
+def _report(error: Exception, *, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    code = _exit_code(error)
+    print(f"opsnow: error: {error}", file=sys.stderr)
+    return code
+
+
+def _exit_code(error: Exception) -> int:
+    if isinstance(error, (UsageError, ValueError)):
+        return EXIT_USAGE
+    if isinstance(error, OpsNowAuthError):
+        return EXIT_AUTH
+    return EXIT_API_ERROR
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(sys.stdout)
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    auth = _auth(args)
+    try:
+        token = auth.get_token_info()
+        if args.json:
+            print(json.dumps(_token_json(token.value, token.expires_at), indent=2))
+        else:
+            print(token.value)
+    finally:
+        auth.close()
+    return EXIT_OK
+
+
+def _token_json(token: str, expires_at: float) -> dict[str, Any]:
+    moment = datetime.fromtimestamp(expires_at, tz=timezone.utc)
+    return {
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_at": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+
+
+def _run_request(args: argparse.Namespace) -> int:
+    body = _json_body(args.json) if args.json is not None else None
+    session, auth = _session(args)
+    try:
+        response = session.request(
+            args.method.upper(), args.path, params=_params(args.param), json=body
+        )
+        with response:
+            _print_body(response)
+            if response.status_code >= 400:
+                raise ApiError(_describe_api_error(response))
+    finally:
+        session.close()
+        auth.close()
+    return EXIT_OK
+
+
+def _run_fake_server(args: argparse.Namespace) -> int:
+    import threading
+
+    from .testing import FakeOpsNow
+
+    with FakeOpsNow(port=args.port, ttl=args.ttl) as fake:
+        print(f"fake OpsNow server on {fake.base_url} (token lifetime {args.ttl:g} s)")
+        print(f"export {BASE_URL_ENV}={fake.base_url}")
+        print(f"export {API_KEY_ENV}={fake.api_key}")
+        print("press Ctrl-C to stop", flush=True)
+        threading.Event().wait()  # until KeyboardInterrupt
+    return EXIT_OK  # pragma: no cover - left by Ctrl-C
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _base_url(args: argparse.Namespace) -> str | None:
+    if args.region is not None:
+        if args.base_url is not None:
+            raise UsageError("give --base-url or --region, not both")
+        return base_url_for_region(args.region)
+    base: str | None = args.base_url
+    return base
+
+
+def _auth(args: argparse.Namespace) -> OpsNowAuth:
+    from .auth import OpsNowAuth
+    from .filecache import FileTokenCache
+
+    cache = None if args.no_cache else FileTokenCache()
+    return OpsNowAuth(base_url=_base_url(args), cache=cache, timeout=args.timeout)
+
+
+def _session(args: argparse.Namespace) -> tuple[OpsNowSession, OpsNowAuth]:
+    from .session import OpsNowSession
+
+    auth = _auth(args)
+    return OpsNowSession(auth=auth, base_url=auth.base_url), auth
+
+
+def _params(pairs: Sequence[str]) -> list[tuple[str, str]]:
+    params = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"-p takes NAME=VALUE, got {pair!r}")
+        params.append((name, value))
+    return params
+
+
+def _json_body(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--json is not valid JSON: {exc}") from None
+
+
+def _print_body(response: requests.Response) -> None:
+    try:
+        payload = response.json()
+    except ValueError:
+        if response.text:
+            print(response.text)
+        return
+    print(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+def _describe_api_error(response: requests.Response) -> str:
+    from .session import opsnow_error_text
+
+    return opsnow_error_text(response)
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Options accepted before and after the command; only the top level sets defaults."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--base-url",
+        default=default(None),
+        help=f"API base URL (default: ${BASE_URL_ENV}, else global)",
+    )
+    parser.add_argument(
+        "--region",
+        choices=sorted(REGIONS),
+        default=default(None),
+        help="API region instead of a URL",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=default(10.0), help="token request timeout in seconds"
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        default=default(False),
+        help="do not use the token file cache",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help="log to stderr, show tracebacks",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, defaults=False)
+
+    parser = argparse.ArgumentParser(
+        prog="opsnow",
+        description=f"Call the OpsNow API with automatic token handling. The API key comes"
+        f" from ${API_KEY_ENV}.",
+        epilog="exit codes: 0 ok, 1 API error, 2 usage, 3 authentication or token error",
+    )
+    _add_common_options(parser, defaults=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int], text: str, example: str
+    ) -> Any:
+        sub = commands.add_parser(
+            name, help=text, description=text, epilog=f"example:\n  {example}",
+            parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        sub.set_defaults(run=run)
+        return sub
+
+    command(
+        "demo", _run_demo,
+        "walk through token handling against an embedded fake server (no key needed)",
+        "opsnow demo",
+    )  # fmt: skip
+    token = command(
+        "token", _run_token,
+        "print a valid token (cached in a file, so repeated calls do not fetch)",
+        'curl -H "Authorization: Bearer $(opsnow token)" https://api.opsnow360.io/...',
+    )  # fmt: skip
+    token.add_argument("--json", action="store_true", help="print JSON with the expiry")
+
+    get = command("get", _run_request, "GET an API path and print the JSON",
+                  "opsnow get /platform/v2/companies -p page=2")  # fmt: skip
+    get.set_defaults(method="GET", json=None)
+    post = command("post", _run_request, "POST JSON to an API path and print the JSON",
+                   "opsnow post /platform/v2/things --json '{\"name\": \"x\"}'")  # fmt: skip
+    post.set_defaults(method="POST")
+    request = command("request", _run_request, "send any method to an API path",
+                      "opsnow request DELETE /platform/v2/things/42")  # fmt: skip
+    request.add_argument("method", help="HTTP method, e.g. GET, PUT, DELETE")
+    for sub in (get, post, request):
+        sub.add_argument("path", help="API path, e.g. /platform/v2/companies")
+        sub.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                         help="query parameter (repeatable)")  # fmt: skip
+    for sub in (post, request):
+        sub.add_argument("--json", metavar="JSON", help="request body as JSON text")
+
+    fake = command("fake-server", _run_fake_server,
+                   "run the fake OpsNow server for local work; prints its URL and test key",
+                   "opsnow fake-server --port 8080 --ttl 60")  # fmt: skip
+    fake.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    fake.add_argument("--ttl", type=float, default=3600.0, help="token lifetime in seconds")
+    return parser

@@ -134,6 +134,7 @@ class FakeOpsNow:
         self._issued: list[str] = []
         self._expiry: dict[str, float] = {}
         self._failures: deque[_Failure] = deque()
+        self._api_failures: deque[_Failure] = deque()
         self._token_delay = 0.0
         self._token_gate = threading.Event()
         self._token_gate.set()
@@ -254,6 +255,20 @@ class FakeOpsNow:
         with self._lock:
             self._failures.append(failure)
 
+    def fail_api_requests(
+        self, status: int, *, count: int = 1, retry_after: str | None = None
+    ) -> None:
+        """Make the next ``count`` API requests (any path but the token endpoints) fail.
+
+        Each is recorded, then answered ``status`` with an OpsNow error body and,
+        if given, a ``Retry-After`` header. Successive calls queue up in call order;
+        :meth:`reset` clears them.
+        """
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        with self._lock:
+            self._api_failures.append(_Failure(status, count, 0.0, retry_after, None, ""))
+
     def set_token_delay(self, seconds: float) -> None:
         """Delay every successful token response by ``seconds``."""
         self._token_delay = seconds
@@ -277,6 +292,7 @@ class FakeOpsNow:
         """Clear injected failures, the token delay and the body factory (not the counters)."""
         with self._lock:
             self._failures.clear()
+            self._api_failures.clear()
             self._token_delay = 0.0
             self._body_factory = None
         self._token_gate.set()
@@ -296,6 +312,9 @@ class FakeOpsNow:
         with self._lock:
             self._api_log.append(req)
             self._lock.notify_all()
+            failure = self._take_failure(self._api_failures)
+        if failure is not None:
+            return self._injected(failure)
         if req.path == "/test/redirect":
             return self._redirect(req)
         if req.path == "/test/open/echo":
@@ -316,7 +335,7 @@ class FakeOpsNow:
             self._token_log.append(req)
             if req.method == "POST":
                 self._token_count += 1
-                failure = self._take_failure()
+                failure = self._take_failure(self._failures)
         if req.method != "POST":
             return _fail(405, Allow="POST")
         if failure is not None:
@@ -337,14 +356,15 @@ class FakeOpsNow:
         data = {"accessToken": token, "expiresIn": _number(ttl)}
         return _json(200, {"status": "success", "data": data})
 
-    def _take_failure(self) -> _Failure | None:
-        if not self._failures:
+    @staticmethod
+    def _take_failure(failures: deque[_Failure]) -> _Failure | None:
+        if not failures:
             return None
-        failure = self._failures[0]
+        failure = failures[0]
         if failure.remaining > 0:
             failure.remaining -= 1
             if failure.remaining == 0:
-                self._failures.popleft()
+                failures.popleft()
         return failure
 
     def _injected(self, failure: _Failure) -> _Reply:

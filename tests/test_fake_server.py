@@ -137,6 +137,25 @@ def test_failure_injection_with_count_and_retry_after(fake: FakeOpsNow) -> None:
     assert len(fake.issued_tokens) == 1
 
 
+def test_api_failure_injection_is_recorded_counted_and_resettable(fake: FakeOpsNow) -> None:
+    token = get_token(fake)
+    fake.fail_api_requests(429, count=2, retry_after="1")
+    fake.fail_api_requests(503)
+    for status in (429, 429, 503):
+        response = companies(fake, token)
+        assert response.status_code == status
+        assert response.json()["error"]["code"] == status
+        assert response.headers.get("Retry-After") == ("1" if status == 429 else None)
+    assert companies(fake, token).status_code == 200
+    assert len(fake.api_requests) == 4
+    get_token(fake)  # token requests are never failed by fail_api_requests
+    fake.fail_api_requests(500, count=5)
+    fake.reset()
+    assert companies(fake, token).status_code == 200
+    with pytest.raises(ValueError, match="count"):
+        fake.fail_api_requests(500, count=0)
+
+
 def test_injected_custom_body_forever_until_reset(fake: FakeOpsNow) -> None:
     fake.fail_token_requests(200, count=-1, body=b"<html>", content_type="text/html")
     for _ in range(3):

@@ -1,0 +1,347 @@
+"""OpsNowSession: a requests session for the OpsNow API, and OpsNow error responses.
+
+A requests-toolbelt ``BaseUrlSession`` with :class:`~requests_opsnow.OpsNowAuth`
+set, a ``User-Agent`` naming this package, a bounded retry policy and
+responses whose ``raise_for_status()`` raises :class:`OpsNowAPIError`::
+
+    with OpsNowSession() as s:                       # $OPSNOW_API_KEY, $OPSNOW_BASE_URL
+        s.get("/platform/v2/companies").raise_for_status()
+
+**Paths** are relative to the base URL *including its path*. With
+``base_url="https://gateway.example/opsnow"`` both ``/platform/v2/companies``
+and ``platform/v2/companies`` reach ``https://gateway.example/opsnow/platform/v2/companies``,
+the rule OpsNowAuth uses for the token URL. (BaseUrlSession's ``urljoin``
+would drop ``/opsnow`` for the leading-slash form.) Absolute URLs are used as
+given.
+
+**Retries** (a urllib3 ``Retry`` on the session's http:// and https:// adapters):
+
+- 429, on any method (POST too): the server turned the request away unprocessed;
+- 502, 503 and 504 on idempotent methods only (urllib3's
+  ``Retry.DEFAULT_ALLOWED_METHODS``): a POST may already have taken effect;
+- connection errors by urllib3's rules: a failed connect on any method
+  (nothing was sent), a connection dropped after sending on idempotent
+  methods only;
+- never: read timeouts (so requests' ``ReadTimeout`` still arrives after one
+  timeout), TLS errors, and requests whose body cannot be rewound (generator,
+  iterator, toolbelt ``MultipartEncoder``, pipe), which urllib3 would resend
+  empty. These are the body rules of the 401 replay.
+
+``Retry-After`` is honoured up to :data:`RETRY_AFTER_MAX`; a longer one is not
+waited for. Without it the waits are 0, 1, 2 s (:data:`RETRY_BACKOFF_FACTOR`).
+When the retries run out, the last response is returned, not an exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests_toolbelt.sessions import BaseUrlSession
+from requests_toolbelt.utils.user_agent import user_agent
+from urllib3.exceptions import InvalidHeader, MaxRetryError, ReadTimeoutError, ResponseError
+from urllib3.util.retry import Retry
+
+from . import __version__, _clock
+from ._config import resolve_base_url
+from ._replay import unreplayable_body
+from .auth import OpsNowAuth
+from .errors import OpsNowAPIError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+    from urllib3.connectionpool import ConnectionPool
+    from urllib3.response import BaseHTTPResponse
+
+__all__ = ["OpsNowSession", "opsnow_error_text", "raise_for_opsnow_error"]
+
+USER_AGENT: str = user_agent(
+    "requests-opsnow", __version__, extras=[("requests", requests.__version__)]
+)
+"""``requests-opsnow/<version> requests/<version> CPython/<version> <OS>/<release>``."""
+
+RETRY_TOTAL = 3
+"""Retries per request, all causes together (so at most four attempts). ``retries=`` overrides."""
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+"""Statuses that are retried: 429 on any method, the others on idempotent methods only."""
+
+RETRY_ANY_METHOD_STATUSES = frozenset({429})
+"""Of :data:`RETRY_STATUSES`, those retried on any method: the request was not processed."""
+
+RETRY_BACKOFF_FACTOR = 0.5
+"""urllib3's exponential backoff factor: no wait before the first retry, then 1 s, 2 s, 4 s..."""
+
+RETRY_BACKOFF_MAX = 10.0
+"""The longest backoff wait, in seconds (urllib3's own cap is 120)."""
+
+RETRY_AFTER_MAX = 60.0
+"""The longest ``Retry-After`` waited for, in seconds; a longer one returns the response at once."""
+
+MESSAGE_MAX = 300
+"""Characters of the server's error message kept in an :class:`OpsNowAPIError`."""
+
+
+class _OpsNowRetry(Retry):
+    """urllib3's ``Retry`` with the rules of the module docstring.
+
+    ``Retry.new()`` builds the next state with ``type(self)(...)`` (urllib3 1.26
+    and 2.x), so the subclass survives every retry.
+    """
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code in RETRY_ANY_METHOD_STATUSES and status_code in self.status_forcelist:
+            return True  # urllib3 would check the method first
+        return super().is_retry(method, status_code, has_retry_after)
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if isinstance(error, ReadTimeoutError):
+            # As requests' own default (read=False): ReadTimeout after one timeout.
+            raise error.with_traceback(_stacktrace)
+        if response is not None and error is None and self.respect_retry_after_header:
+            wait = self.get_retry_after(response)
+            if wait is not None and wait > RETRY_AFTER_MAX:
+                # Exhausted: urllib3 returns this response (raise_on_status=False).
+                reason = f"Retry-After {wait:g} s is longer than {RETRY_AFTER_MAX:g} s"
+                raise MaxRetryError(_pool, url, ResponseError(reason))  # type: ignore[arg-type]
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        try:
+            return super().get_retry_after(response)
+        except InvalidHeader:  # an unreadable Retry-After: back off instead
+            return None
+
+    def get_backoff_time(self) -> float:
+        return min(super().get_backoff_time(), RETRY_BACKOFF_MAX)
+
+    def sleep(self, response: BaseHTTPResponse | None = None) -> None:
+        # urllib3's sleep, through the package's one clock so tests need not wait.
+        if self.respect_retry_after_header and response is not None:
+            wait = self.get_retry_after(response)
+            if wait:
+                _clock.sleep(wait)
+                return
+        backoff = self.get_backoff_time()
+        if backoff > 0:
+            _clock.sleep(backoff)
+
+
+def _retry_policy(retries: int | Retry | None) -> Retry:
+    if isinstance(retries, Retry):
+        return retries
+    if retries is None:
+        retries = RETRY_TOTAL
+    elif isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be an int or a urllib3 Retry, not {type(retries).__name__}")
+    elif retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    return _OpsNowRetry(
+        total=retries,
+        other=0,  # TLS and other errors: a certificate failure does not heal in a second
+        allowed_methods=Retry.DEFAULT_ALLOWED_METHODS,
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=RETRY_BACKOFF_FACTOR,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+
+
+class _RetryingAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` with a retry policy that sends a body it cannot rewind only once.
+
+    urllib3 rewinds a file body before a retry but resends an exhausted
+    generator as an empty body; such requests go through a plain adapter.
+    """
+
+    def __init__(self, retry: Retry) -> None:
+        super().__init__(max_retries=retry)
+        self._once = HTTPAdapter()
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        if unreplayable_body(request):
+            return self._once.send(request, *args, **kwargs)
+        return super().send(request, *args, **kwargs)
+
+    def close(self) -> None:
+        super().close()
+        self._once.close()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        self._once = HTTPAdapter()
+
+
+class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt is untyped
+    """A ``requests.Session`` for the OpsNow API; see the module docstring.
+
+    ``auth`` is used as given (then ``api_key`` and OpsNowAuth options must not
+    be); otherwise an :class:`OpsNowAuth` is built from ``api_key``,
+    ``base_url`` and ``auth_options``. ``base_url`` defaults to the auth's.
+    ``retries``: ``None`` for the default policy, an int for that many
+    retries under it (``0``: none), or a urllib3 ``Retry`` used as given.
+    ``close()`` also closes an OpsNowAuth the session built itself.
+    """
+
+    __attrs__ = (*requests.Session.__attrs__, "base_url", "_own_auth")
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        auth: OpsNowAuth | None = None,
+        retries: int | Retry | None = None,
+        **auth_options: Any,
+    ) -> None:
+        if auth is not None and (api_key is not None or auth_options):
+            raise TypeError("give auth= or api_key= and OpsNowAuth options, not both")
+        retry = _retry_policy(retries)
+        own_auth = None
+        if auth is None:
+            auth = own_auth = OpsNowAuth(api_key, base_url=base_url, **auth_options)
+        root = auth.base_url if base_url is None else resolve_base_url(base_url)
+        super().__init__(base_url=root + "/")
+        self.auth = auth
+        self._own_auth = own_auth
+        self.headers["User-Agent"] = USER_AGENT
+        self.mount("https://", _RetryingAdapter(retry))
+        self.mount("http://", _RetryingAdapter(retry))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def create_url(self, url: str | bytes) -> str:
+        """The URL for ``url``: absolute as given, otherwise under the base URL and its path.
+
+        A leading ``/`` does not leave the base URL's path (unlike ``urljoin``).
+        """
+        text = url.decode("utf-8") if isinstance(url, bytes) else str(url)
+        base = str(self.base_url).rstrip("/") + "/"
+        if urlsplit(text).scheme:
+            return text  # absolute: as given
+        if text.startswith("/") and not text.startswith("//"):  # "//host/path" names a host
+            return base + text.lstrip("/")
+        return urljoin(base, text)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        # Here rather than in a response hook: hooks run before OpsNowAuth's 401
+        # replay (and per-request hooks= replace the session's), so the final
+        # response would be missed.
+        response: requests.Response = super().send(request, **kwargs)
+        response.raise_for_status = functools.partial(  # type: ignore[method-assign]
+            _raise_if_alive, weakref.ref(response)
+        )
+        return response
+
+    def close(self) -> None:
+        super().close()
+        own_auth = getattr(self, "_own_auth", None)
+        if own_auth is not None:
+            own_auth.close()
+
+
+def _raise_if_alive(ref: weakref.ref[requests.Response]) -> None:
+    # A weak reference: binding the response to itself would make a cycle,
+    # and keep it (and a streamed connection) alive until the garbage collector runs.
+    response = ref()
+    if response is not None:
+        raise_for_opsnow_error(response)
+
+
+def raise_for_opsnow_error(response: requests.Response) -> None:
+    """Raise :class:`OpsNowAPIError` if ``response`` has an error status (400-599).
+
+    ``raise_for_status()`` for plain ``requests`` users; an OpsNowSession's
+    responses already do this.
+    """
+    if 400 <= response.status_code < 600:
+        text, code, message = _describe(response)
+        raise OpsNowAPIError(text, code=code, message=message, response=response)
+
+
+def opsnow_error_text(response: requests.Response) -> str:
+    """``OpsNow API error 404 on GET https://host/path: Not found`` for an error response.
+
+    The URL loses its query string and credentials; a token in the server's
+    message is masked.
+    """
+    return _describe(response)[0]
+
+
+def _describe(response: requests.Response) -> tuple[str, int | str, str]:
+    status = response.status_code
+    error = _error_object(response)
+    code = error.get("code")
+    if isinstance(code, str):
+        code = _one_line(code, response)
+    if isinstance(code, bool) or not isinstance(code, (int, str)) or code == "":
+        code = status
+    message = error.get("message")
+    if not isinstance(message, str) or not message.strip():
+        message = _reason(response)
+    message = _one_line(message, response)
+    request: requests.PreparedRequest | None = getattr(response, "request", None)
+    method = request.method if request is not None else None
+    url = response.url or (request.url if request is not None else None) or ""
+    text = f"OpsNow API error {status} on {method or 'request to'} {_safe_url(url)}: {message}"
+    if code != status:
+        text += f" (code {code})"
+    return text, code, message
+
+
+def _error_object(response: requests.Response) -> dict[str, object]:
+    """``error`` of an OpsNow error body ``{"status": "fail", "error": {...}}``, else empty."""
+    try:
+        payload = response.json()
+    except (ValueError, RuntimeError, requests.RequestException):  # not JSON, or consumed
+        return {}
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _reason(response: requests.Response) -> str:
+    reason: object = response.reason
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    if isinstance(reason, str) and reason.strip():
+        return reason
+    try:
+        return HTTPStatus(response.status_code).phrase
+    except ValueError:
+        return "HTTP error"
+
+
+def _one_line(text: str, response: requests.Response) -> str:
+    """``text`` on one line, short, with any token this exchange sent masked."""
+    text = " ".join(text.split())
+    for sent in (response, *response.history):
+        request: requests.PreparedRequest | None = getattr(sent, "request", None)
+        header = request.headers.get("Authorization") if request is not None else None
+        scheme, _, token = str(header or "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            text = text.replace(token.strip(), "[token]")
+    return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 3] + "..."
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without credentials, query string or fragment (they may carry secrets)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"

@@ -1,0 +1,195 @@
+"""The ``opsnow`` command line, run as a real subprocess against FakeOpsNow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from requests_opsnow.testing import FakeOpsNow
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Cli:
+    def __init__(self, fake: FakeOpsNow, home: Path) -> None:
+        self.fake = fake
+        self.cache_home = home / "xdg"
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(home),
+            "XDG_CACHE_HOME": str(self.cache_home),
+            "OPSNOW_API_KEY": fake.api_key,
+            "OPSNOW_BASE_URL": fake.base_url,
+            "PYTHONPATH": os.pathsep.join(sys.path),
+        }
+
+    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {**self.env, **env}
+        for name, value in env.items():
+            if value == "":
+                environment.pop(name)
+        return subprocess.run(
+            [sys.executable, "-m", "requests_opsnow", *args],
+            env=environment, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def cli(fake: FakeOpsNow, tmp_path: Path) -> Cli:
+    return Cli(fake, tmp_path)
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_token_twice_makes_one_token_request(cli: Cli, fake: FakeOpsNow) -> None:
+    first, second = cli("token"), cli("token")
+    assert first.returncode == second.returncode == 0
+    assert first.stdout.strip() == second.stdout.strip() == fake.issued_tokens[0]
+    assert fake.token_requests == 1
+
+
+def test_token_cache_file_is_private_and_holds_neither_key_nor_its_name(
+    cli: Cli, fake: FakeOpsNow
+) -> None:
+    assert cli("token").returncode == 0
+    folder = cli.cache_home / "requests-opsnow"
+    (token_file,) = folder.glob("*.json")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    content = token_file.read_text()
+    assert fake.api_key not in content
+    assert "OPSNOW_API_KEY" not in content
+
+
+def test_token_json_has_the_expiry(cli: Cli, fake: FakeOpsNow) -> None:
+    result = cli("token", "--json")
+    assert result.returncode == 0
+    payload = json.loads(result.stdout)
+    assert payload["access_token"] == fake.issued_tokens[0]
+    assert payload["expires_at"].endswith("Z")
+
+
+def test_no_cache_leaves_no_files(cli: Cli, fake: FakeOpsNow) -> None:
+    assert cli("token", "--no-cache").returncode == 0
+    assert not cli.cache_home.exists()
+
+
+def test_get_prints_the_json(cli: Cli) -> None:
+    result = cli("get", "/platform/v2/companies", "-p", "page=2")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["data"]["page"] == 2
+    assert payload["data"]["companies"][0]["name"] == "Acme"
+    assert result.stdout.startswith("{\n  ")  # pretty-printed
+
+
+def test_post_sends_the_json_body(cli: Cli, fake: FakeOpsNow) -> None:
+    result = cli("post", "/test/echo", "--json", '{"name": "x"}')
+    assert result.returncode == 0, result.stderr
+    assert fake.api_requests[-1].method == "POST"
+    assert json.loads(fake.api_requests[-1].body) == {"name": "x"}
+
+
+def test_request_sends_any_method(cli: Cli, fake: FakeOpsNow) -> None:
+    assert cli("request", "DELETE", "test/echo").returncode == 0
+    assert (fake.api_requests[-1].method, fake.api_requests[-1].path) == ("DELETE", "/test/echo")
+
+
+def test_bad_key_exits_3_with_one_line_and_no_key(cli: Cli) -> None:
+    result = cli("get", "/platform/v2/companies", OPSNOW_API_KEY="wrong-key-12345")
+    assert result.returncode == 3
+    line = one_line(result.stderr)
+    assert "rejected" in line
+    assert "wrong-key-12345" not in result.stderr + result.stdout
+
+
+def test_missing_key_names_the_variable(cli: Cli, fake: FakeOpsNow) -> None:
+    result = cli("token", OPSNOW_API_KEY="")
+    assert result.returncode == 2
+    assert "OPSNOW_API_KEY" in one_line(result.stderr)
+    assert fake.token_requests == 0
+
+
+@pytest.mark.parametrize("path", ["/test/status/401", "/test/status/404", "/nowhere"])
+def test_api_errors_exit_1(cli: Cli, path: str) -> None:
+    result = cli("get", path)
+    assert result.returncode == 1
+    assert "40" in one_line(result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_token_endpoint_exits_3(cli: Cli) -> None:
+    result = cli("token", "--timeout", "1", OPSNOW_BASE_URL="http://127.0.0.1:9")
+    assert result.returncode == 3
+    assert "token request" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["frobnicate"],
+        [],
+        ["get"],
+        ["post", "/x", "--json", "{not json"],
+        ["get", "/x", "-p", "novalue"],
+        ["get", "/x", "--region", "kr", "--base-url", "https://api.opsnow360.io"],
+    ],
+)
+def test_usage_errors_exit_2(cli: Cli, args: list[str]) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(cli: Cli) -> None:
+    result = cli("--debug", "get", "/x", OPSNOW_API_KEY="wrong-key-12345")
+    assert result.returncode == 3
+    assert "Traceback" in result.stderr
+    assert "wrong-key-12345" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["token", "get", "post", "request", "demo", "fake-server"])
+def test_every_command_has_help_with_an_example(cli: Cli, command: str) -> None:
+    result = cli(command, "--help")
+    assert result.returncode == 0
+    assert "example:" in result.stdout
+
+
+def test_demo_exits_0(cli: Cli) -> None:
+    result = cli("demo", OPSNOW_API_KEY="", OPSNOW_BASE_URL="")
+    assert result.returncode == 0, result.stderr
+    assert "demo finished" in result.stdout
+
+
+def test_fake_server_prints_its_url_and_key_and_serves(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "requests_opsnow", "fake-server", "--ttl", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        base_url = lines[1].strip().partition("=")[2]
+        api_key = lines[2].strip().partition("=")[2]
+        with requests.Session() as s:
+            token = s.post(
+                base_url + FakeOpsNow.TOKEN_PATH, json={"apiKey": api_key}, timeout=5
+            ).json()["data"]
+        assert token["expiresIn"] == 60
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+    assert process.returncode in (0, 130)

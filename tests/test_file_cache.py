@@ -1,0 +1,182 @@
+"""FileTokenCache: permissions, atomicity, cross-process single flight, degraded disks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import stat
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from requests_opsnow import OpsNowAuth
+from requests_opsnow.cache import cache_key
+from requests_opsnow.filecache import FileTokenCache, default_cache_dir
+from requests_opsnow.testing import FakeOpsNow
+
+from ._workers import fetch_with_file_cache
+from .conftest import FakeClock
+
+pytestmark = pytest.mark.timeout(60)
+
+MakeAuth = Callable[..., OpsNowAuth]
+
+
+def token_file(fake: FakeOpsNow, directory: Path) -> Path:
+    return directory / f"{cache_key(fake.token_url, fake.api_key)}.json"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_token_file_is_0600_in_a_0700_folder_and_holds_no_key(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
+) -> None:
+    directory = tmp_path / "cache"
+    make_auth(cache=FileTokenCache(directory)).get_token()
+    path = token_file(fake, directory)
+
+    assert mode(directory) == 0o700
+    assert mode(path) == 0o600
+    content = path.read_text()
+    assert fake.api_key not in content
+    assert "OPSNOW_API_KEY" not in content
+    assert "apiKey" not in content
+    assert json.loads(content)["access_token"] == fake.issued_tokens[0]
+    assert [p.name for p in directory.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_a_second_process_reuses_the_token_on_disk(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
+) -> None:
+    first = make_auth(cache=FileTokenCache(tmp_path)).get_token()
+    second = make_auth(cache=FileTokenCache(tmp_path)).get_token()
+    assert first == second
+    assert fake.token_requests == 1
+
+
+def test_eight_processes_with_a_cold_cache_make_one_token_request(
+    fake: FakeOpsNow, tmp_path: Path
+) -> None:
+    fake.set_token_delay(0.3)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Manager().Barrier(8)
+    with ProcessPoolExecutor(max_workers=8, mp_context=context) as pool:
+        futures = [
+            pool.submit(fetch_with_file_cache, barrier, fake.base_url, fake.api_key, str(tmp_path))
+            for _ in range(8)
+        ]
+        tokens = {future.result(timeout=50) for future in futures}
+    assert tokens == set(fake.issued_tokens)
+    assert fake.token_requests == 1
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda p: p.write_bytes(b"\x00\xffnot json"),
+        lambda p: p.write_text('{"format": "requests-opsnow/token/1", "access_tok'),
+        lambda p: p.write_text(""),
+        lambda p: p.write_text('{"format": "someone-else", "access_token": "x"}'),
+        lambda p: p.write_text(
+            '{"format": "requests-opsnow/token/1", "access_token": "a\\r\\nb",'
+            ' "expires_at": 9e9, "issued_at": 0}'
+        ),
+        lambda p: p.write_text('{"format": "requests-opsnow/token/1", "access_token": "t"}'),
+        lambda p: p.mkdir(),
+        lambda p: p.symlink_to(p.parent / "elsewhere.json"),
+    ],
+    ids=["binary", "truncated", "empty", "foreign", "unsafe-token", "no-expiry", "dir", "symlink"],
+)
+def test_a_corrupt_or_foreign_file_is_ignored_and_replaced(
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    tmp_path: Path,
+    corrupt: Callable[[Path], object],
+) -> None:
+    tmp_path.chmod(0o700)
+    (tmp_path / "elsewhere.json").write_text(
+        json.dumps({"format": "requests-opsnow/token/1", "access_token": "planted",
+                    "expires_at": 9e9, "issued_at": 0})
+    )  # fmt: skip
+    path = token_file(fake, tmp_path)
+    corrupt(path)
+
+    token = make_auth(cache=FileTokenCache(tmp_path)).get_token()
+
+    assert token == fake.issued_tokens[0]
+    assert fake.token_requests == 1
+    if path.is_file() and not path.is_symlink():
+        assert json.loads(path.read_text())["access_token"] == token
+
+
+def test_an_expired_file_is_ignored(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path, clock: FakeClock
+) -> None:
+    make_auth(cache=FileTokenCache(tmp_path)).get_token()
+    clock.advance(3600)
+    make_auth(cache=FileTokenCache(tmp_path)).get_token()
+    assert fake.token_requests == 2
+
+
+def test_a_folder_that_cannot_be_written_still_lets_requests_succeed(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder's parent should be")
+    auth = make_auth(cache=FileTokenCache(blocker / "cache"))
+    with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
+        assert auth.get_token() == auth.get_token() == fake.issued_tokens[0]
+        auth.invalidate()
+        auth.get_token()
+    assert fake.token_requests == 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "memory" in warnings[0].getMessage()
+
+
+def test_a_401_drops_the_shared_token_only_if_it_is_still_the_one_that_failed(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
+) -> None:
+    import requests
+
+    first = make_auth(cache=FileTokenCache(tmp_path))
+    second = make_auth(cache=FileTokenCache(tmp_path))
+    url = fake.base_url + "/platform/v2/companies"
+    with requests.Session() as s:
+        s.get(url, auth=first)
+        s.get(url, auth=second)
+        fake.revoke_tokens()
+        assert s.get(url, auth=first).status_code == 200  # drops, fetches, stores
+        assert s.get(url, auth=second).status_code == 200  # finds the new one on disk
+    assert fake.token_requests == 2
+
+
+def test_nothing_is_written_until_a_token_is_stored(tmp_path: Path) -> None:
+    FileTokenCache(tmp_path / "lazy")
+    assert not (tmp_path / "lazy").exists()
+
+
+def test_default_folder_follows_xdg_cache_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "requests-opsnow"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / ".cache" / "requests-opsnow"
+
+
+def test_an_existing_folder_open_to_others_is_tightened(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
+) -> None:
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)  # noqa: S103 - the situation under test
+    make_auth(cache=FileTokenCache(directory)).get_token()
+    assert mode(directory) == 0o700
