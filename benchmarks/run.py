@@ -1,0 +1,411 @@
+"""Benchmarks for requests-opsnow: ``python benchmarks/run.py`` (about a minute).
+
+Everything is measured in one run, interleaved, and reported as ratios, because
+the machines these run on are shared and noisy. Peers (requests-auth) are used
+when installed; matplotlib, when installed, draws ``benchmarks/latency.png`` (shown in the README).
+Results also go to ``benchmarks/out/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+from requests.adapters import BaseAdapter
+from requests.auth import AuthBase
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import BlockingRefreshAuth, NaiveTokenAuth, StaticBearerAuth
+
+from requests_opsnow import OpsNowAuth
+from requests_opsnow.testing import FakeOpsNow
+
+OUT = Path(__file__).resolve().parent / "out"
+PLOT = Path(__file__).resolve().parent / "latency.png"
+"""Shown in the README; rewritten by every run."""
+API_URL = "https://api.opsnow360.io/platform/v2/companies"
+TOKEN_BODY = b'{"status":"success","data":{"accessToken":"stub-token","expiresIn":3600}}'
+Results = dict[str, Any]
+
+
+# -- per-request overhead ------------------------------------------------------------------
+
+
+class StubAdapter(BaseAdapter):
+    """A transport that answers instantly, so only client-side cost is measured."""
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        response = requests.Response()
+        response.status_code = 200
+        response._content = TOKEN_BODY if request.method == "POST" else b'{"status":"success"}'
+        response.headers["Content-Type"] = "application/json"
+        response.request = request
+        response.url = request.url or ""
+        response.connection = self  # type: ignore[attr-defined]
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def interleaved(
+    variants: dict[str, Callable[[], None]], rounds: int, per_round: int
+) -> dict[str, float]:
+    """Median seconds per call of each variant, measured in alternating blocks."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, call in variants.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                call()
+            samples[name].append((time.perf_counter() - start) / per_round)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def stubbed_overhead() -> Results:
+    with requests.Session() as session, requests.Session() as token_session:
+        session.mount("https://", StubAdapter())
+        token_session.mount("https://", StubAdapter())
+        auth = OpsNowAuth("bench-key", session=token_session)
+        static = StaticBearerAuth("stub-token")
+        session.get(API_URL, auth=auth)
+        times = interleaved(
+            {
+                "static": lambda: session.get(API_URL, auth=static),
+                "opsnow": lambda: session.get(API_URL, auth=auth),
+            },
+            rounds=40,
+            per_round=250,
+        )
+    return _overhead(times)
+
+
+def loopback_overhead(fake: FakeOpsNow) -> Results:
+    url = fake.base_url + "/platform/v2/companies"
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    static = StaticBearerAuth(auth.get_token())
+    with requests.Session() as session:
+        times = interleaved(
+            {
+                "static": lambda: session.get(url, auth=static).close(),
+                "opsnow": lambda: session.get(url, auth=auth).close(),
+            },
+            rounds=40,
+            per_round=60,
+        )
+    auth.close()
+    return _overhead(times)
+
+
+def _overhead(times: dict[str, float]) -> Results:
+    return {
+        "static_us": times["static"] * 1e6,
+        "opsnow_us": times["opsnow"] * 1e6,
+        "overhead_pct": (times["opsnow"] / times["static"] - 1) * 100,
+    }
+
+
+def auth_call_cost() -> Results:
+    """Microseconds for ``auth(prepared_request)`` with a cached token."""
+    with requests.Session() as token_session:
+        token_session.mount("https://", StubAdapter())
+        auth = OpsNowAuth("bench-key", session=token_session)
+        prepared = requests.Request("GET", API_URL).prepare()
+        auth(prepared)
+        count = 100_000
+
+        def baseline() -> None:
+            prepared.hooks = {"response": []}
+
+        def with_auth() -> None:
+            prepared.hooks = {"response": []}
+            auth(prepared)
+
+        times = interleaved(
+            {"baseline": baseline, "auth": with_auth}, rounds=10, per_round=count // 10
+        )
+    return {"auth_call_us": (times["auth"] - times["baseline"]) * 1e6}
+
+
+# -- token requests under concurrency --------------------------------------------------------
+
+
+def contenders(fake: FakeOpsNow, margin: float) -> dict[str, Callable[[], AuthBase]]:
+    made: dict[str, Callable[[], AuthBase]] = {
+        "requests-opsnow": lambda: OpsNowAuth(
+            fake.api_key, base_url=fake.base_url, refresh_margin=margin
+        ),
+        "hand-written helper": lambda: NaiveTokenAuth(fake.token_url, fake.api_key, margin),
+    }
+    try:
+        import requests_auth
+    except ImportError:
+        return made
+
+    def oauth_peer() -> AuthBase:
+        requests_auth.OAuth2.token_cache.clear()  # its cache is process-wide: start cold
+        auth: AuthBase = requests_auth.OAuth2ClientCredentials(
+            fake.base_url + "/oauth/token", "bench-client", fake.api_key, early_expiry=margin
+        )
+        return auth
+
+    made["requests-auth OAuth2ClientCredentials"] = oauth_peer
+    return made
+
+
+def _hammer(auth: AuthBase, url: str, threads: int, until: float | None) -> list[int]:
+    barrier = threading.Barrier(threads)
+
+    def worker() -> list[int]:
+        statuses = []
+        with requests.Session() as session:
+            barrier.wait()
+            while True:
+                statuses.append(session.get(url, auth=auth, timeout=10).status_code)
+                if until is None or time.monotonic() >= until:
+                    return statuses
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(worker) for _ in range(threads)]
+        return [status for future in futures for status in future.result()]
+
+
+def cold_start(fake: FakeOpsNow) -> Results:
+    results = {}
+    fake.set_token_delay(0.1)
+    for name, make in contenders(fake, margin=30).items():
+        fake.reset_counts()
+        statuses = _hammer(make(), fake.base_url + "/platform/v2/companies", 32, until=None)
+        results[name] = {"token_requests": fake.token_requests, "ok": statuses.count(200)}
+    fake.reset()
+    return results
+
+
+def sustained(fake: FakeOpsNow, ttl: float, margin: float, seconds: float) -> Results:
+    """8 threads for ``seconds`` across several token lifetimes."""
+    results: Results = {}
+    fake.ttl = ttl
+    fake.set_token_delay(0.05)
+    for name, make in contenders(fake, margin=margin).items():
+        fake.reset_counts()
+        statuses = _hammer(
+            make(), fake.base_url + "/platform/v2/companies", 8, time.monotonic() + seconds
+        )
+        results[name] = {
+            "token_requests": fake.token_requests,
+            "requests": len(statuses),
+            "non_200": len(statuses) - statuses.count(200),
+        }
+    results["expected_refresh_cycles"] = 1 + int(seconds // (ttl - min(margin, ttl / 2)))
+    fake.reset()
+    fake.ttl = 3600
+    return results
+
+
+def revocation_under_load(fake: FakeOpsNow) -> Results:
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    auth.get_token()
+    fake.reset_counts()
+    threading.Timer(0.5, fake.revoke_tokens).start()
+    statuses = _hammer(auth, fake.base_url + "/platform/v2/companies", 8, time.monotonic() + 1.5)
+    auth.close()
+    return {"token_requests": fake.token_requests, "non_200": len(statuses) - statuses.count(200)}
+
+
+# -- latency across a refresh ------------------------------------------------------------------
+
+
+def latency_across_refresh(fake: FakeOpsNow) -> Results:
+    """Request latency while a 500 ms token fetch happens, blocking vs non-blocking refresh."""
+    ttl, margin, seconds = 3.0, 1.5, 3.0
+    url = fake.base_url + "/platform/v2/companies"
+    variants: dict[str, Callable[[], AuthBase]] = {
+        "steady state (no refresh)": lambda: OpsNowAuth(fake.api_key, base_url=fake.base_url),
+        "non-blocking (requests-opsnow)": lambda: OpsNowAuth(
+            fake.api_key, base_url=fake.base_url, refresh_margin=margin
+        ),
+        "blocking (locked hand-written helper)": lambda: BlockingRefreshAuth(
+            fake.token_url, fake.api_key, margin
+        ),
+    }
+    results: Results = {}
+    for name, make in variants.items():
+        fake.reset()
+        fake.ttl = 3600 if name.startswith("steady") else ttl
+        auth = make()
+        requests.get(url, auth=auth, timeout=10).close()  # token in hand, then slow the endpoint
+        fake.set_token_delay(0.5)
+        results[name] = _timed_requests(auth, url, threads=4, seconds=seconds)
+    fake.reset()
+    fake.ttl = 3600
+    return results
+
+
+def _timed_requests(auth: AuthBase, url: str, threads: int, seconds: float) -> Results:
+    start = time.perf_counter()
+    samples: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with requests.Session() as session:
+            while (began := time.perf_counter()) - start < seconds:
+                session.get(url, auth=auth, timeout=10).close()
+                with lock:
+                    samples.append((began - start, time.perf_counter() - began))
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for future in [pool.submit(worker) for _ in range(threads)]:
+            future.result()
+    latencies = sorted(latency for _, latency in samples)
+    return {
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+        "max_ms": latencies[-1] * 1e3,
+        "samples": samples,
+    }
+
+
+# -- import time ----------------------------------------------------------------------------------
+
+_IMPORT_PROBE = """
+import time
+t0 = time.perf_counter(); import requests; t1 = time.perf_counter()
+import requests_opsnow; t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def import_cost(runs: int = 15) -> Results:
+    requests_s, opsnow_s = [], []
+    for _ in range(runs):
+        output = subprocess.run(
+            [sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True, check=True
+        ).stdout.split()
+        requests_s.append(float(output[0]))
+        opsnow_s.append(float(output[1]))
+    base, extra = statistics.median(requests_s), statistics.median(opsnow_s)
+    return {
+        "requests_ms": base * 1e3,
+        "opsnow_extra_ms": extra * 1e3,
+        "overhead_pct": extra / base * 100,
+    }
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def plot(latency: Results, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axis = plt.subplots(figsize=(8, 4))
+    for name, result in latency.items():
+        points = sorted(result["samples"])
+        axis.scatter([t for t, _ in points], [lat * 1e3 for _, lat in points], s=6, label=name)
+    axis.set_yscale("log")
+    axis.set_xlabel("time since start (s); the token becomes due at 1.5 s, its fetch takes 500 ms")
+    axis.set_ylabel("request latency (ms, log)")
+    axis.set_title("Request latency across a token refresh (4 threads, loopback)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return True
+
+
+@contextmanager
+def section(title: str) -> Iterator[None]:
+    print(f"-- {title} ...", end=" ", flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"{time.perf_counter() - start:.1f} s", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    results: Results = {"python": sys.version.split()[0], "requests": requests.__version__}
+    with section("auth() call"):
+        results["auth_call"] = auth_call_cost()
+    with section("per-request overhead, stubbed transport"):
+        results["stubbed"] = stubbed_overhead()
+    with FakeOpsNow() as fake:
+        with section("per-request overhead, loopback keep-alive"):
+            results["loopback"] = loopback_overhead(fake)
+        with section("32 cold threads"):
+            results["cold_32_threads"] = cold_start(fake)
+        with section("sustained load across expiries"):
+            results["sustained"] = sustained(fake, ttl=2.0, margin=0.5, seconds=5.0)
+        with section("revocation under load"):
+            results["revocation"] = revocation_under_load(fake)
+        with section("latency across a 500 ms refresh"):
+            results["latency"] = latency_across_refresh(fake)
+    with section("import time"):
+        results["import"] = import_cost()
+    drew = plot(results["latency"], PLOT)
+    for result in results["latency"].values():
+        result.pop("samples")
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    print(report(results, drew))
+    return 0
+
+
+def report(r: Results, drew: bool) -> str:
+    stubbed, loopback, imp, rev = r["stubbed"], r["loopback"], r["import"], r["revocation"]
+    lines = [
+        "",
+        f"Python {r['python']}, requests {r['requests']}",
+        f"auth(prepared_request): {r['auth_call']['auth_call_us']:.2f} us",
+        "per-request cost, OpsNowAuth vs a static Bearer auth (same session, interleaved medians):",
+        f"  stubbed transport: {stubbed['static_us']:.1f} us vs {stubbed['opsnow_us']:.1f} us"
+        f" -> {stubbed['overhead_pct']:+.2f}%",
+        f"  loopback keep-alive: {loopback['static_us']:.1f} us vs {loopback['opsnow_us']:.1f} us"
+        f" -> {loopback['overhead_pct']:+.2f}%",
+        "token requests, 32 threads starting cold (100 ms token endpoint):",
+    ]
+    lines += [
+        f"  {name}: {v['token_requests']} ({v['ok']}/32 ok)"
+        for name, v in r["cold_32_threads"].items()
+    ]
+    sustained = dict(r["sustained"])
+    cycles = sustained.pop("expected_refresh_cycles")
+    lines.append(f"token requests, 8 threads for 5 s with a 2 s token ({cycles} refresh cycles):")
+    lines += [
+        f"  {name}: {v['token_requests']} for {v['requests']} requests ({v['non_200']} failed)"
+        for name, v in sustained.items()
+    ]
+    lines.append(
+        f"revocation under load (8 threads): {rev['token_requests']} token request,"
+        f" {rev['non_200']} failed"
+    )
+    lines.append("request latency across a refresh whose token request takes 500 ms (4 threads):")
+    lines += [
+        f"  {name}: p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms, max {v['max_ms']:.1f} ms"
+        for name, v in r["latency"].items()
+    ]
+    lines.append(
+        f"import: requests {imp['requests_ms']:.1f} ms; requests_opsnow adds"
+        f" {imp['opsnow_extra_ms']:.1f} ms ({imp['overhead_pct']:.1f}%)"
+    )
+    if drew:
+        lines.append(f"plot: {PLOT}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
