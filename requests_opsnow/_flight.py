@@ -5,16 +5,13 @@ from __future__ import annotations
 import threading
 from typing import Generic, TypeVar
 
-from ._token import Token
-
 T = TypeVar("T")
 
 
 class Flight(Generic[T]):
     """One in-progress fetch. Waiters get its result, or its exception raised again."""
 
-    def __init__(self, *, rejected: Token | None = None, early: bool = False) -> None:
-        self.rejected = rejected
+    def __init__(self, *, early: bool = False) -> None:
         self.early = early
         self._done = threading.Event()
         self._result: T | None = None

@@ -45,6 +45,29 @@ def check_secure_url(url: str, what: str) -> None:
     )
 
 
+def _origin(url: str) -> str:
+    """``scheme://netloc`` of a URL: cheap string work, so the memo works for any path."""
+    start = url.find("://")
+    if start < 0:
+        return url
+    end = len(url)
+    for delimiter in "/?#":
+        found = url.find(delimiter, start + 3, end)
+        if found >= 0:
+            end = found
+    return url[:end]
+
+
+def _allowed_host(entry: str) -> str:
+    """A host name from an ``allowed_hosts`` entry: ``host``, ``*.domain``, ``host:port``."""
+    text = entry.strip().lower()
+    if "://" in text or "/" in text:
+        raise ValueError(f"allowed_hosts takes host names, not URLs: {entry!r}")
+    if text.startswith("*."):
+        return text.rstrip(".")
+    return (urlsplit("//" + text).hostname or "").rstrip(".")
+
+
 class HostPolicy:
     """Decides, per URL, whether to attach the token, skip, or refuse.
 
@@ -53,24 +76,24 @@ class HostPolicy:
     """
 
     def __init__(self, trusted_urls: Iterable[str], extra_hosts: Iterable[str]) -> None:
-        hosts = {urlsplit(url).hostname or "" for url in trusted_urls}
-        hosts.update(host.strip().lower() for host in extra_hosts)
+        hosts = {(urlsplit(url).hostname or "").rstrip(".") for url in trusted_urls}
+        hosts.update(_allowed_host(entry) for entry in extra_hosts)
         hosts.discard("")
         self._exact = frozenset(host for host in hosts if not host.startswith("*."))
         self._suffixes = tuple("." + host[2:] for host in hosts if host.startswith("*.")) + tuple(
             "." + domain for domain in OPSNOW_DOMAINS
         )
-        self._decisions: dict[tuple[str, str], Decision] = {}
+        self._decisions: dict[str, Decision] = {}
 
     def decide(self, url: str) -> Decision:
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        decision = self._decisions.get(key)
+        origin = _origin(url)
+        decision = self._decisions.get(origin)
         if decision is None:
+            parts = urlsplit(origin)
             decision = self._decide(parts.scheme, (parts.hostname or "").rstrip("."))
             if len(self._decisions) >= _DECISION_CACHE_SIZE:
                 self._decisions.clear()
-            self._decisions[key] = decision
+            self._decisions[origin] = decision
         return decision
 
     def trusts(self, host: str) -> bool:

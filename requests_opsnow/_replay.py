@@ -66,6 +66,10 @@ def replay_with(
     credential = replacement()
     retry.headers["Authorization"] = credential.header
     setattr(retry, _REPLAYED, True)
+    # requests follows a redirect of the replay by copying the original request:
+    # give it the new token, and keep what was really sent on the 401.
+    response.request = request.copy()
+    request.headers["Authorization"] = credential.header
     log.debug("replaying %s once with a new token", _describe(request))
     new_response: requests.Response = connection.send(retry, **send_options)
     new_response.history.append(response)
@@ -104,7 +108,11 @@ def _add_cookies_set_by(response: requests.Response, request: requests.PreparedR
     jar = getattr(request, "_cookies", None)
     if jar is None:
         return
-    if request.headers.get("Cookie") not in (None, get_cookie_header(jar, request)):  # type: ignore[no-untyped-call]
+    # cookielib adds no header to a request that has one: ask on a copy without it.
+    probe = request.copy()
+    probe.headers.pop("Cookie", None)
+    jar_header = get_cookie_header(jar, probe)  # type: ignore[no-untyped-call]
+    if request.headers.get("Cookie") not in (None, jar_header):
         return  # an explicit Cookie header the caller wrote: leave it as it was
     extract_cookies_to_jar(jar, response.request, response.raw)  # type: ignore[no-untyped-call]
     request.headers.pop("Cookie", None)

@@ -74,6 +74,36 @@ class Token:
         return self.expires_at - self.issued_at
 
 
+RECORD_FORMAT = "requests-opsnow/token/1"
+"""Marks a stored token record as ours: anything else in a shared store is ignored."""
+
+
+def token_to_record(token: Token) -> str:
+    """The token as stored by the shared caches: JSON, with no key in it."""
+    record = {
+        "format": RECORD_FORMAT,
+        "access_token": token.value,
+        "expires_at": token.expires_at,
+        "issued_at": token.issued_at,
+    }
+    return json.dumps(record, sort_keys=True)
+
+
+def token_from_record(raw: str | bytes) -> Token | None:
+    """The token in a stored record, or None if it is corrupt, foreign or unsafe."""
+    try:
+        record = json.loads(raw)
+        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+            return None
+        value = check_token_value(record["access_token"])
+        expires_at, issued_at = float(record["expires_at"]), float(record["issued_at"])
+    except (ValueError, KeyError, TypeError, RecursionError, TokenResponseError):
+        return None
+    if not (math.isfinite(expires_at) and math.isfinite(issued_at)):
+        return None
+    return Token(value, expires_at, issued_at)
+
+
 def check_token_value(value: object) -> str:
     """Return ``value`` if it is safe to put in an ``Authorization`` header."""
     if not isinstance(value, str) or not value:

@@ -115,6 +115,7 @@ class OpsNowAuth(AuthBase):
         self._lock = threading.Lock()
         self._current: _Current | None = None
         self._flight: Flight[_Current] | None = None
+        self._rejected: Token | None = None  # never taken from a shared cache again
         self._own_session: requests.Session | None = None
         self._early_retry_at = 0.0
 
@@ -132,7 +133,9 @@ class OpsNowAuth(AuthBase):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_lock", "_current", "_flight", "_own_session", "_early_retry_at"):
+        for name in (
+            "_lock", "_current", "_flight", "_rejected", "_own_session", "_early_retry_at",
+        ):  # fmt: skip
             state.pop(name, None)
         return state
 
@@ -177,6 +180,8 @@ class OpsNowAuth(AuthBase):
         """Forget the cached token; the next request fetches a new one."""
         with self._lock:
             current, self._current = self._current, None
+            if current is not None:
+                self._rejected = current.token
         if current is not None:
             self._cache.delete(self._cache_key, current.token)
 
@@ -196,6 +201,14 @@ class OpsNowAuth(AuthBase):
 
     def _wait_for_token(self, rejected: Token | None = None) -> _Current:
         """Block until a usable token exists; at most one fetch runs at a time."""
+        current = self._join_flight(rejected)
+        if current.token == rejected:
+            # A flight that read the shared cache before the rejected token was dropped
+            # from it: one more flight, which will not take it from the cache again.
+            current = self._join_flight(rejected)
+        return current
+
+    def _join_flight(self, rejected: Token | None) -> _Current:
         with self._lock:
             current = self._current
             if (
@@ -207,13 +220,15 @@ class OpsNowAuth(AuthBase):
             flight = self._flight
             leader = flight is None
             if flight is None:
-                flight = self._flight = Flight(rejected=rejected)
+                flight = self._flight = Flight()
         if leader:
             self._fly(flight)
         return flight.wait()
 
     def _start_early_refresh(self, current: _Current) -> None:
         """Refresh a due-but-valid token in the background; nobody waits for it."""
+        if self._flight is not None or _clock.now() < self._early_retry_at:
+            return  # the common case while a refresh runs: no lock taken
         with self._lock:
             if (
                 self._flight is not None
@@ -227,37 +242,54 @@ class OpsNowAuth(AuthBase):
         )
         try:
             worker.start()
-        except RuntimeError:  # interpreter shutting down: the blocking path will cope
-            with self._lock:
-                self._flight = None
-            flight.fail(OpsNowAuthError("could not start the token refresh thread"))
+        except BaseException as error:  # e.g. at interpreter shutdown; expiry will block instead
+            self._land(flight, error=OpsNowAuthError("could not start the token refresh thread"))
+            if not isinstance(error, Exception):
+                raise
 
     def _fly(self, flight: Flight[_Current]) -> None:
         """Run one flight: fetch (or read the shared cache), publish, wake the waiters."""
         try:
-            current = _Current(self, self._fetch_through_cache(flight.rejected))
-        except BaseException as error:
-            with self._lock:
-                self._flight = None
-                if flight.early:
-                    self._early_retry_at = _clock.now() + EARLY_RETRY_DELAY
-            flight.fail(error)
+            current = _Current(self, self._fetch_through_cache())
+        except Exception as error:  # noqa: BLE001 - shared with every waiter, raised there
+            self._land(flight, error=error)
             if flight.early:
                 log.warning(
                     "early OpsNow token refresh failed (%s); still using the current token",
                     error,
                 )
-            if not isinstance(error, Exception):
-                raise
-            return
-        with self._lock:
-            self._current = current
-            self._flight = None
-        flight.succeed(current)
+        except BaseException:
+            # Ctrl-C or exit hit the fetching thread: the waiters get an error of their
+            # own, not the interrupt, and the next caller starts a new flight.
+            self._land(flight, error=OpsNowAuthError("the token request was interrupted"))
+            raise
+        else:
+            self._land(flight, current=current)
 
-    def _fetch_through_cache(self, rejected: Token | None) -> Token:
+    def _land(
+        self,
+        flight: Flight[_Current],
+        *,
+        current: _Current | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        with self._lock:
+            if self._flight is flight:
+                self._flight = None
+            if current is not None:
+                self._current = current
+            elif flight.early:
+                self._early_retry_at = _clock.now() + EARLY_RETRY_DELAY
+        if current is not None:
+            flight.succeed(current)
+        else:
+            flight.fail(error or OpsNowAuthError("token request failed"))
+
+    def _fetch_through_cache(self) -> Token:
         with self._cache.lock(self._cache_key):
             cached = self._cache.get(self._cache_key)
+            # Read after the cache: a 401 elsewhere may just have rejected that very token.
+            rejected = self._rejected
             if cached is not None and cached != rejected and self._fresh(cached):
                 log.debug("using the token another caller stored in %r", self._cache)
                 return cached
@@ -294,12 +326,14 @@ class OpsNowAuth(AuthBase):
         """The token to replay with: a fresh one, unless another thread already has it."""
         with self._lock:
             current = self._current
-            if current is rejected:
-                self._current = None
-            elif current is not None and _clock.now() < current.block_at:
+            replaced = current is not None and current.token != rejected.token
+            if replaced and current is not None and _clock.now() < current.block_at:
                 log.debug("token already replaced by another caller; replaying with it")
                 return current
-        if current is rejected:
+            dropped = current is not None and current.token == rejected.token
+            self._current = None if dropped else current
+            self._rejected = rejected.token
+        if dropped:
             log.debug("server rejected the cached token (401); dropping it")
             self._cache.delete(self._cache_key, rejected.token)
         return self._wait_for_token(rejected=rejected.token)

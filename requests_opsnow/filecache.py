@@ -11,9 +11,7 @@ that cannot be written degrades to memory with one warning.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import os
 import secrets
 import stat
@@ -24,16 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from . import _clock, _forksafe
-from ._token import Token, check_token_value
+from ._token import Token, token_from_record, token_to_record
 from .cache import MemoryTokenCache
-from .errors import TokenResponseError
 
 log = logging.getLogger("requests_opsnow")
 
 __all__ = ["FileTokenCache", "default_cache_dir"]
-
-FORMAT = "requests-opsnow/token/1"
-"""Marks our files: anything else in the folder is foreign and ignored."""
 
 LOCK_TIMEOUT = 60.0
 """Longest wait for another process's fetch; then this one fetches anyway (with a warning)."""
@@ -81,7 +75,9 @@ class FileTokenCache:
 
     def get(self, key: str) -> Token | None:
         token = self._read(self._path(key))
-        return token if token is not None else self._fallback.get(key)
+        if token is None and self._warned:  # the folder failed us: memory is the cache now
+            return self._fallback.get(key)
+        return token
 
     def set(self, key: str, token: Token) -> None:
         self._fallback.set(key, token)
@@ -123,17 +119,11 @@ class FileTokenCache:
             self.directory.chmod(0o700)  # an existing folder others could read: tighten it
 
     def _write_atomically(self, path: Path, token: Token) -> None:
-        record = {
-            "format": FORMAT,
-            "access_token": token.value,
-            "expires_at": token.expires_at,
-            "issued_at": token.issued_at,
-        }
         temporary = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(record, handle)
+                handle.write(token_to_record(token))
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -149,7 +139,7 @@ class FileTokenCache:
         except OSError as exc:
             log.debug("ignoring token cache file %s: %s", path.name, type(exc).__name__)
             return None
-        token = _parse_record(raw)
+        token = token_from_record(raw) if len(raw) <= _MAX_FILE_SIZE else None
         if token is None:
             log.debug("ignoring corrupt or foreign token cache file %s", path.name)
             return None
@@ -213,19 +203,3 @@ def _read_own_file(path: Path) -> bytes:
         if not stat.S_ISREG(info.st_mode) or _uid() not in (None, info.st_uid):
             raise PermissionError("not a regular file owned by this user")
         return handle.read(_MAX_FILE_SIZE + 1)
-
-
-def _parse_record(raw: bytes) -> Token | None:
-    if len(raw) > _MAX_FILE_SIZE:
-        return None
-    try:
-        record = json.loads(raw)
-        if not isinstance(record, dict) or record.get("format") != FORMAT:
-            return None
-        value = check_token_value(record["access_token"])
-        expires_at, issued_at = float(record["expires_at"]), float(record["issued_at"])
-    except (ValueError, KeyError, TypeError, TokenResponseError):
-        return None
-    if not (math.isfinite(expires_at) and math.isfinite(issued_at)):
-        return None
-    return Token(value=value, expires_at=expires_at, issued_at=issued_at)

@@ -399,6 +399,22 @@ def test_opsnow_hosts_get_the_token(fake: FakeOpsNow, make_auth: MakeAuth, url: 
 
 
 @pytest.mark.parametrize(
+    ("allowed", "url"),
+    [
+        ("API.Example.com", "https://api.example.com/x"),
+        ("api.example.com:8443", "https://api.example.com:8443/x"),
+        ("*.example.com", "https://deep.api.example.com/x"),
+        ("[::1]", "http://[::1]:8080/x"),
+    ],
+)
+def test_allowed_host_entries_are_normalised(
+    fake: FakeOpsNow, make_auth: MakeAuth, allowed: str, url: str
+) -> None:
+    prepared = make_auth(allowed_hosts=[allowed])(requests.Request("GET", url).prepare())
+    assert prepared.headers["Authorization"] == f"Bearer {fake.issued_tokens[0]}"
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://opsnow360.io.evil.example/x",

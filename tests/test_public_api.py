@@ -108,6 +108,7 @@ def test_unknown_region_lists_the_choices() -> None:
         ({"max_retries": 1.5}, TypeError, "max_retries"),
         ({"base_url": "ftp://api.opsnow360.io"}, ValueError, "base_url"),
         ({"token_url": "http://api.opsnow360.io/t"}, ValueError, "token_url"),
+        ({"allowed_hosts": ["https://api.example.com"]}, ValueError, "allowed_hosts"),
     ],
 )
 def test_bad_options_fail_at_construction_with_a_clear_message(

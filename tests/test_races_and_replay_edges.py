@@ -1,0 +1,203 @@
+"""Races and replay edge cases, each against a real server.
+
+A stale shared-cache read must not bring back a token the server just
+rejected (nor one invalidate() dropped); the replay carries cookies the 401
+set; a redirect after a replay carries the new token; trusted hosts are
+normalised like request hosts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+import requests
+
+from requests_opsnow import OpsNowAuth
+from requests_opsnow.cache import MemoryTokenCache
+from requests_opsnow.testing import FakeOpsNow, RecordedRequest
+
+from .test_auth_wire import COMPANIES, bearer
+
+pytestmark = pytest.mark.timeout(20)
+
+MakeAuth = Callable[..., OpsNowAuth]
+
+
+# -- a stale cache read resurrects the token the server just rejected -----------------
+
+
+class SlowDeleteCache(MemoryTokenCache):
+    """A store whose delete() takes a moment, as a networked store's (Redis) does.
+
+    Once armed, delete() waits until some other thread has read the store, and
+    that read lingers a little, so the reader's flight is still in the air when
+    the deleting thread goes on to wait for a token.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.deleting = threading.Event()
+        self.read_while_deleting = threading.Event()
+
+    def delete(self, key: str, token: Any = None) -> None:
+        if self.armed:
+            self.deleting.set()
+            self.read_while_deleting.wait(5)
+        super().delete(key, token)
+
+    def get(self, key: str) -> Any:
+        token = super().get(key)
+        if self.armed and self.deleting.is_set() and not self.read_while_deleting.is_set():
+            self.read_while_deleting.set()
+            time.sleep(0.3)  # the deleting thread joins this flight meanwhile
+        return token
+
+
+def test_replay_never_uses_the_token_the_server_just_rejected(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    cache = SlowDeleteCache()
+    auth = make_auth(cache=cache)
+    revoked = auth.get_token()
+    fake.revoke_tokens()
+    cache.armed = True
+    outcome: dict[str, requests.Response] = {}
+
+    def request_hit_by_the_revocation() -> None:
+        with requests.Session() as s:
+            response = s.get(fake.base_url + COMPANIES, auth=auth, timeout=10)
+            response.close()
+            outcome["response"] = response
+
+    worker = threading.Thread(target=request_hit_by_the_revocation)
+    worker.start()
+    assert cache.deleting.wait(5)  # the 401 handler dropped the token, is deleting it
+    auth.get_token()  # another caller needs a token right now
+    worker.join(10)
+
+    response = outcome["response"]
+    assert [r.status_code for r in response.history] == [401]
+    assert bearer(fake.api_requests[-1]) != revoked  # the replay carried a new token
+    assert response.status_code == 200
+    assert auth.get_token() != revoked  # and the rejected token is not back in use
+
+
+def test_invalidate_is_not_undone_by_a_concurrent_fetch(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    cache = SlowDeleteCache()
+    auth = make_auth(cache=cache)
+    forgotten = auth.get_token()
+    cache.armed = True
+    invalidating = threading.Thread(target=auth.invalidate)
+    invalidating.start()
+    assert cache.deleting.wait(5)
+    auth.get_token()  # concurrent caller
+    invalidating.join(10)
+
+    assert auth.get_token() != forgotten  # invalidate() has returned: the token is gone
+
+
+# -- cookies the 401 set --------------------------------------------------------------
+
+
+class CookieOn401(FakeOpsNow):
+    """A 401 from /test/echo also sets a (load-balancer style) cookie."""
+
+    def _dispatch(self, req: RecordedRequest) -> Any:
+        reply = super()._dispatch(req)
+        if req.path == "/test/echo" and reply.status == 401:
+            reply.headers["Set-Cookie"] = "lb=node7; Path=/"
+        return reply
+
+
+@pytest.fixture
+def cookie_fake() -> Iterator[FakeOpsNow]:
+    with CookieOn401() as server:
+        yield server
+
+
+def test_replay_carries_the_cookie_the_401_set_as_well_as_the_sessions(
+    cookie_fake: FakeOpsNow,
+) -> None:
+    auth = OpsNowAuth(cookie_fake.api_key, base_url=cookie_fake.base_url)
+    try:
+        with requests.Session() as s:
+            s.auth = auth
+            s.cookies.set("sid", "abc123")
+            s.get(cookie_fake.base_url + COMPANIES)
+            cookie_fake.revoke_tokens()
+            response = s.get(cookie_fake.base_url + "/test/echo")
+    finally:
+        auth.close()
+
+    assert response.status_code == 200
+    rejected, replayed = cookie_fake.api_requests[-2:]
+    assert rejected.header("Cookie") == "sid=abc123"
+    cookies = sorted((replayed.header("Cookie") or "").split("; "))
+    assert cookies == ["lb=node7", "sid=abc123"]  # SPEC B4: "plus any the 401 set"
+
+
+# -- a redirect answered after a replay --------------------------------------------------
+
+
+class RedirectWhenAuthorized(FakeOpsNow):
+    """/test/echo?then=PATH: 401 without a valid token, else a 302 to PATH (same host)."""
+
+    def _dispatch(self, req: RecordedRequest) -> Any:
+        reply = super()._dispatch(req)
+        target = req.query.get("then", [""])[0]
+        if req.path == "/test/echo" and target and reply.status == 200:
+            reply.status, reply.body = 302, b""
+            reply.headers["Location"] = target
+        return reply
+
+
+@pytest.fixture
+def redirect_fake() -> Iterator[FakeOpsNow]:
+    with RedirectWhenAuthorized() as server:
+        yield server
+
+
+def test_redirect_after_a_replay_does_not_carry_the_rejected_token(
+    redirect_fake: FakeOpsNow,
+) -> None:
+    fake = redirect_fake
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    try:
+        with requests.Session() as s:
+            s.auth = auth
+            s.get(fake.base_url + COMPANIES)
+            fake.revoke_tokens()
+            response = s.get(fake.base_url + "/test/echo", params={"then": COMPANIES})
+    finally:
+        auth.close()
+
+    assert response.status_code == 200
+    revoked, new = fake.issued_tokens
+    hops = fake.api_requests[1:]
+    # 401 with the revoked token, the replay (302), the redirected GET with the new token.
+    # Not the revoked token on the redirected GET, which would mean a second replay.
+    assert [(r.path, bearer(r)) for r in hops] == [
+        ("/test/echo", revoked),
+        ("/test/echo", new),
+        (COMPANIES, new),
+    ]
+
+
+# -- host matching ---------------------------------------------------------------------
+
+
+def test_base_url_host_written_with_a_trailing_dot_gets_the_token(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    auth = make_auth(base_url="https://gateway.corp.example.", token_url=fake.token_url)
+    for url in ("https://gateway.corp.example./v2/x", "https://gateway.corp.example/v2/x"):
+        prepared = auth(requests.Request("GET", url).prepare())
+        assert "Authorization" in prepared.headers, url
+        assert prepared.headers["Authorization"] == f"Bearer {auth.get_token()}"
