@@ -30,6 +30,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .filecache import FileTokenCache
+    from .rediscache import RedisTokenCache
     from .session import OpsNowSession, raise_for_opsnow_error
 
 logging.getLogger("requests_opsnow").addHandler(logging.NullHandler())
@@ -38,6 +39,7 @@ _LAZY = {
     "FileTokenCache": "filecache",
     "OpsNowSession": "session",
     "raise_for_opsnow_error": "session",
+    "RedisTokenCache": "rediscache",
 }
 """Imported on first use: the session pulls in requests-toolbelt, which most users never need."""
 
@@ -65,6 +67,7 @@ __all__ = [
     "OpsNowAuth",
     "OpsNowAuthError",
     "OpsNowSession",
+    "RedisTokenCache",
     "Token",
     "TokenCache",
     "TokenRequestError",

@@ -16,3 +16,59 @@ def fetch_with_file_cache(barrier: Any, base_url: str, api_key: str, directory: 
         return auth.get_token()
     finally:
         auth.close()
+
+
+def fleet_member(
+    redis_url: str, prefix: str, base_url: str, api_key: str, phases: Any, threads: int
+) -> list[int]:
+    """One host of a fleet: ``threads`` threads burst together, once cold, once after
+    the parent revokes every token. ``phases`` is a cross-process barrier."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+    import requests
+
+    from requests_opsnow import OpsNowAuth
+    from requests_opsnow.rediscache import RedisTokenCache
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    auth = OpsNowAuth(api_key, base_url=base_url, cache=RedisTokenCache(client, prefix=prefix))
+    url = base_url + "/platform/v2/companies"
+
+    def burst() -> list[int]:
+        together = threading.Barrier(threads)
+
+        def one() -> int:
+            with requests.Session() as session:
+                together.wait(timeout=30)
+                return session.get(url, auth=auth, timeout=30).status_code
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(lambda _: one(), range(threads)))
+
+    try:
+        phases.wait(timeout=60)  # everyone is up
+        statuses = burst()
+        phases.wait(timeout=60)  # the parent counts, then revokes
+        phases.wait(timeout=60)
+        return statuses + burst()
+    finally:
+        auth.close()
+        client.close()
+
+
+def hold_redis_lock(redis_url: str, prefix: str, key: str) -> None:
+    """Take the fleet lock, say so, and hang until killed."""
+    import sys
+    import time
+
+    import redis
+
+    from requests_opsnow.rediscache import RedisTokenCache
+
+    cache = RedisTokenCache(redis.Redis.from_url(redis_url), prefix=prefix, lock_timeout=1.5)
+    with cache.lock(key):
+        sys.stdout.write("locked\n")
+        sys.stdout.flush()
+        time.sleep(600)

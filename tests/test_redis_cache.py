@@ -1,0 +1,227 @@
+"""RedisTokenCache against a real redis-server: one token for a fleet, outages, stuck locks."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+import requests
+
+from requests_opsnow import OpsNowAuth, Token
+from requests_opsnow.cache import cache_key
+from requests_opsnow.rediscache import RedisTokenCache
+from requests_opsnow.testing import FakeOpsNow
+
+from ._workers import fleet_member
+from .redis_support import RedisServer
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
+
+COMPANIES = "/platform/v2/companies"
+MakeAuth = Callable[..., OpsNowAuth]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """CI's server (REDIS_URL), else one started for this module."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{secrets.token_hex(4)}:"
+
+
+@pytest.fixture
+def new_client() -> Iterator[Callable[..., Any]]:
+    """Redis clients that are closed after the test."""
+    made: list[Any] = []
+
+    def factory(url: str, **options: Any) -> Any:
+        options.setdefault("socket_timeout", 2)
+        made.append(redis.Redis.from_url(url, **options))
+        return made[-1]
+
+    yield factory
+    for connection in made:
+        connection.close()
+
+
+@pytest.fixture
+def client(redis_url: str, new_client: Callable[..., Any]) -> Any:
+    return new_client(redis_url)
+
+
+def keyspace(client: Any, prefix: str) -> dict[str, bytes]:
+    return {name.decode(): client.get(name) or b"" for name in client.scan_iter(match=prefix + "*")}
+
+
+def test_token_is_stored_with_its_remaining_lifetime_and_without_the_key(
+    fake: FakeOpsNow, make_auth: MakeAuth, client: Any, prefix: str
+) -> None:
+    make_auth(cache=RedisTokenCache(client, prefix=prefix)).get_token()
+    stored = keyspace(client, prefix)
+
+    (name,) = stored
+    assert name == f"{prefix}token:{cache_key(fake.token_url, fake.api_key)}"
+    assert 3590_000 < client.pttl(name) <= 3600_000
+    for key_name, value in stored.items():
+        assert fake.api_key not in key_name
+        assert fake.api_key.encode() not in value
+        assert b"OPSNOW_API_KEY" not in value
+
+
+def test_hosts_share_one_token(
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    redis_url: str,
+    prefix: str,
+    new_client: Callable[..., Any],
+) -> None:
+    hosts = [
+        make_auth(cache=RedisTokenCache(new_client(redis_url), prefix=prefix)) for _ in range(3)
+    ]
+    assert {auth.get_token() for auth in hosts} == set(fake.issued_tokens)
+    assert fake.token_requests == 1
+
+
+def test_eight_processes_of_four_threads_share_one_token_and_one_refresh(
+    fake: FakeOpsNow, redis_url: str, prefix: str, client: Any
+) -> None:
+    fake.set_token_delay(0.2)
+    processes, threads = 8, 4
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        phases = manager.Barrier(processes + 1)
+        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+            futures = [
+                pool.submit(
+                    fleet_member, redis_url, prefix, fake.base_url, fake.api_key, phases, threads
+                )
+                for _ in range(processes)
+            ]
+            phases.wait(timeout=60)  # all up: they burst now
+            phases.wait(timeout=60)  # all done
+            cold_start_requests = fake.token_requests
+            fake.revoke_tokens()
+            phases.wait(timeout=60)  # burst again against revoked tokens
+            statuses = [status for future in futures for status in future.result(timeout=60)]
+
+    assert cold_start_requests == 1
+    assert fake.token_requests == 2
+    assert statuses == [200] * (processes * threads * 2)
+    assert all(
+        fake.api_key not in name for name in keyspace(redis.Redis.from_url(redis_url), prefix)
+    )
+
+
+def test_a_401_drops_the_shared_token_only_if_it_is_still_the_one_that_failed(
+    client: Any, prefix: str
+) -> None:
+    cache = RedisTokenCache(client, prefix=prefix)
+    old = Token("old-token", expires_at=9e9, issued_at=0.0)
+    new = Token("new-token", expires_at=9e9, issued_at=1.0)
+    cache.set("k", new)
+    cache.delete("k", old)
+    assert RedisTokenCache(client, prefix=prefix).get("k") == new
+    cache.delete("k", new)
+    assert RedisTokenCache(client, prefix=prefix).get("k") is None
+
+
+@pytest.mark.parametrize("value", [b"garbage", b'{"format": "other"}', b'{"access_token": "x"}'])
+def test_a_bad_value_is_ignored_and_overwritten(
+    fake: FakeOpsNow, make_auth: MakeAuth, client: Any, prefix: str, value: bytes
+) -> None:
+    name = f"{prefix}token:{cache_key(fake.token_url, fake.api_key)}"
+    client.set(name, value)
+    token = make_auth(cache=RedisTokenCache(client, prefix=prefix)).get_token()
+    assert token == fake.issued_tokens[0]
+    assert token.encode() in client.get(name)
+
+
+def test_redis_down_then_back(
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    new_client: Callable[..., Any],
+) -> None:
+    server = RedisServer(tmp_path).start()
+    try:
+        hosts = [
+            make_auth(
+                cache=RedisTokenCache(
+                    new_client(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+                )
+            )
+            for _ in range(2)
+        ]
+        url = fake.base_url + COMPANIES
+
+        def everyone_gets(expected: int) -> None:
+            with requests.Session() as s:
+                for _ in range(3):
+                    assert [s.get(url, auth=a).status_code for a in hosts] == [200, 200]
+            assert fake.token_requests == expected
+
+        everyone_gets(1)  # shared
+        with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
+            server.kill()
+            fake.revoke_tokens()
+            everyone_gets(3)  # each host fetches for itself; every request still succeeds
+            unavailable = [r for r in caplog.records if "unavailable" in r.getMessage()]
+            assert len(unavailable) == 2  # one per host, not one per request
+
+            server.start()
+            fake.revoke_tokens()
+            everyone_gets(4)  # shared again: one more token for both hosts
+            assert sum("sharing tokens again" in r.getMessage() for r in caplog.records) == 2
+    finally:
+        server.kill()
+
+
+def test_a_lock_holder_killed_with_sigkill_blocks_others_only_until_the_lock_expires(
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    redis_url: str,
+    prefix: str,
+    new_client: Callable[..., Any],
+) -> None:
+    key = cache_key(fake.token_url, fake.api_key)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from tests._workers import hold_redis_lock;"
+         f" hold_redis_lock({redis_url!r}, {prefix!r}, {key!r})"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        holder.kill()
+        holder.wait(10)
+        cache = RedisTokenCache(new_client(redis_url), prefix=prefix, lock_timeout=1.5)
+        assert make_auth(cache=cache).get_token() == fake.issued_tokens[0]
+        assert fake.token_requests == 1
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
