@@ -135,6 +135,18 @@ def test_429_retry_after_http_date_is_honoured(
 # -- transient failures that persist -----------------------------------------------------
 
 
+def expect_failed_status(fake: FakeOpsNow, auth: OpsNowAuth, status: int, server_text: str) -> None:
+    """The API call raises TokenRequestError carrying the last response and its message."""
+    with pytest.raises(TokenRequestError) as info:
+        requests.get(companies_url(fake.base_url), auth=auth, timeout=TIMEOUT)
+
+    message = check_error(info.value, fake.token_url, secrets_of(fake))
+    assert str(status) in message
+    assert server_text in message
+    assert info.value.response is not None
+    assert info.value.response.status_code == status
+
+
 @pytest.mark.parametrize("max_retries", [0, 1, 2, 3])
 def test_persistent_5xx_raises_token_request_error_after_max_retries(
     fake: FakeOpsNow, make_auth: MakeAuth, clock: Any, max_retries: int
@@ -142,14 +154,7 @@ def test_persistent_5xx_raises_token_request_error_after_max_retries(
     fake.fail_token_requests(503, count=-1, body=fail_body("maintenance in progress"))
     auth = make_auth(max_retries=max_retries)
 
-    with pytest.raises(TokenRequestError) as info:
-        requests.get(companies_url(fake.base_url), auth=auth, timeout=TIMEOUT)
-
-    message = check_error(info.value, fake.token_url, secrets_of(fake))
-    assert "503" in message
-    assert "maintenance in progress" in message
-    assert info.value.response is not None
-    assert info.value.response.status_code == 503
+    expect_failed_status(fake, auth, 503, "maintenance in progress")
     assert fake.token_requests == max_retries + 1
     assert len(clock.sleeps) == max_retries
     for attempt, slept in enumerate(clock.sleeps):  # exponential backoff with full jitter
@@ -163,14 +168,7 @@ def test_persistent_429_raises_token_request_error(
     fake.fail_token_requests(429, count=-1, retry_after="1", body=fail_body("slow down", 429))
     auth = make_auth(max_retries=2)
 
-    with pytest.raises(TokenRequestError) as info:
-        requests.get(companies_url(fake.base_url), auth=auth, timeout=TIMEOUT)
-
-    message = check_error(info.value, fake.token_url, secrets_of(fake))
-    assert "429" in message
-    assert "slow down" in message
-    assert info.value.response is not None
-    assert info.value.response.status_code == 429
+    expect_failed_status(fake, auth, 429, "slow down")
     assert fake.token_requests == 3
     assert clock.sleeps == [1.0, 1.0]
     assert fake.api_requests == []
