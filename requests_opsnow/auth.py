@@ -169,11 +169,19 @@ class OpsNowAuth(AuthBase):
         """A valid access token, fetched if needed."""
         return self.get_token_info().value
 
-    def get_token_info(self) -> Token:
-        """Like :meth:`get_token`, with the expiry: a :class:`Token` (value, expires_at)."""
+    def get_token_info(self, *, fresh: bool = False) -> Token:
+        """Like :meth:`get_token`, with the expiry: a :class:`Token` (value, expires_at).
+
+        ``fresh=True`` waits for the refresh of a token that is due, instead of
+        returning it while a background thread refreshes it: for short-lived
+        processes (the ``opsnow`` command) that would exit before that thread is done.
+        """
         current = self._current
         if current is None or _clock.now() >= current.refresh_at:
-            current = self._current_when_due(current)
+            if fresh and current is not None:
+                current = self._wait_for_token(rejected=current.token)
+            else:
+                current = self._current_when_due(current)
         return current.token
 
     def invalidate(self) -> None:

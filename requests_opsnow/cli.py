@@ -78,7 +78,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_token(args: argparse.Namespace) -> int:
     auth = _auth(args)
     try:
-        token = auth.get_token_info()
+        token = auth.get_token_info(fresh=True)
         if args.json:
             print(json.dumps(_token_json(token.value, token.expires_at), indent=2))
         else:
@@ -101,6 +101,7 @@ def _run_request(args: argparse.Namespace) -> int:
     body = _json_body(args.json) if args.json is not None else None
     session, auth = _session(args)
     try:
+        auth.get_token_info(fresh=True)  # a due token is refreshed now, not by a thread we'd kill
         response = session.request(
             args.method.upper(), args.path, params=_params(args.param), json=body
         )

@@ -193,3 +193,22 @@ def test_fake_server_prints_its_url_and_key_and_serves(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=10)
     assert process.returncode in (0, 130)
+
+
+def test_token_due_for_refresh_is_replaced_before_printing(cli: Cli, fake: FakeOpsNow) -> None:
+    import time
+
+    from requests_opsnow import Token
+    from requests_opsnow.cache import cache_key
+    from requests_opsnow.filecache import FileTokenCache
+
+    now = time.time()
+    due = Token("planted-due-token", expires_at=now + 100, issued_at=now - 3500)
+    FileTokenCache(cli.cache_home / "requests-opsnow").set(
+        cache_key(fake.token_url, fake.api_key), due
+    )
+
+    first, second = cli("token"), cli("token")
+
+    assert first.stdout.strip() == second.stdout.strip() == fake.issued_tokens[0]
+    assert fake.token_requests == 1

@@ -130,6 +130,19 @@ def test_failed_early_refresh_keeps_the_valid_token_and_warns(
     assert auth.get_token() == fake.issued_tokens[1]
 
 
+def test_fresh_token_info_waits_for_the_refresh_instead_of_a_thread(
+    fake: FakeOpsNow, make_auth: MakeAuth, clock: FakeClock
+) -> None:
+    auth = make_auth()
+    old = auth.get_token()
+    clock.advance(3600 - 200)
+    token = auth.get_token_info(fresh=True)
+    assert token.value == fake.issued_tokens[1] != old
+    assert token.expires_at == pytest.approx(clock.now() + 3600)
+    assert fake.token_requests == 2
+    assert refresh_threads() == []
+
+
 def test_no_refresh_thread_outlives_the_refresh(
     fake: FakeOpsNow, make_auth: MakeAuth, clock: FakeClock
 ) -> None:
