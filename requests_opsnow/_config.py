@@ -12,6 +12,15 @@ LEGACY_BASE_URL = "https://api.opsnow.io"
 REGIONS = {"global": GLOBAL_BASE_URL, "kr": KOREA_BASE_URL, "legacy": LEGACY_BASE_URL}
 """Region names accepted by :func:`base_url_for_region` and ``opsnow --region``."""
 
+DEFAULT_REFRESH_MARGIN = 300.0
+"""Seconds before expiry at which a token is due for (early, background) refresh."""
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a token request may take to connect, and to answer."""
+
+DEFAULT_MAX_RETRIES = 3
+"""Retries of a token request that failed transiently (connection, timeout, 429, 5xx)."""
+
 TOKEN_PATH = "/platform/v2/identity/api-keys/token"  # noqa: S105 (a path, not a secret)
 API_KEY_ENV = "OPSNOW_API_KEY"
 BASE_URL_ENV = "OPSNOW_BASE_URL"
@@ -42,6 +51,12 @@ def resolve_base_url(base_url: str | None) -> str:
     return (url or GLOBAL_BASE_URL).rstrip("/")
 
 
+def check_refresh_margin(value: float | None) -> float:
+    return non_negative_seconds(
+        DEFAULT_REFRESH_MARGIN if value is None else value, "refresh_margin"
+    )
+
+
 def non_negative_seconds(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
@@ -51,6 +66,8 @@ def non_negative_seconds(value: float, name: str) -> float:
 
 
 def check_timeout(timeout: object) -> float | tuple[float, float]:
+    if timeout is None:
+        return DEFAULT_TIMEOUT
     if isinstance(timeout, tuple) and len(timeout) == 2:
         connect, read = (_positive(part, "timeout") for part in timeout)
         return (connect, read)
@@ -66,6 +83,8 @@ def _positive(value: object, name: str) -> float:
 
 
 def check_max_retries(max_retries: object) -> int:
+    if max_retries is None:
+        return DEFAULT_MAX_RETRIES
     if isinstance(max_retries, bool) or not isinstance(max_retries, int):
         raise TypeError(f"max_retries must be an int, not {type(max_retries).__name__}")
     if max_retries < 0:

@@ -17,11 +17,14 @@ from requests.auth import AuthBase
 
 from . import _clock, _forksafe
 from ._config import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_REFRESH_MARGIN,
+    DEFAULT_TIMEOUT,
     TOKEN_PATH,
     check_max_retries,
+    check_refresh_margin,
     check_timeout,
     host_list,
-    non_negative_seconds,
     resolve_api_key,
     resolve_base_url,
 )
@@ -88,9 +91,9 @@ class OpsNowAuth(AuthBase):
         *,
         base_url: str | None = None,
         token_url: str | None = None,
-        refresh_margin: float = 300.0,
-        timeout: float | tuple[float, float] = 10.0,
-        max_retries: int = 3,
+        refresh_margin: float | None = DEFAULT_REFRESH_MARGIN,
+        timeout: float | tuple[float, float] | None = DEFAULT_TIMEOUT,
+        max_retries: int | None = DEFAULT_MAX_RETRIES,
         allowed_hosts: Iterable[str] | None = None,
         cache: TokenCache | None = None,
         session: requests.Session | None = None,
@@ -100,7 +103,7 @@ class OpsNowAuth(AuthBase):
         self.token_url = token_url if token_url is not None else self.base_url + TOKEN_PATH
         check_secure_url(self.base_url, "base_url")
         check_secure_url(self.token_url, "token_url")
-        self.refresh_margin = non_negative_seconds(refresh_margin, "refresh_margin")
+        self.refresh_margin = check_refresh_margin(refresh_margin)
         self._endpoint = TokenEndpoint(
             self.token_url, check_timeout(timeout), check_max_retries(max_retries)
         )

@@ -22,6 +22,9 @@ from requests_opsnow import (
     TokenResponseError,
     base_url_for_region,
 )
+from requests_opsnow.testing import FakeOpsNow
+
+from .conftest import FakeClock
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -117,6 +120,18 @@ def test_bad_options_fail_at_construction_with_a_clear_message(
     with pytest.raises(error, match=message) as caught:
         OpsNowAuth("secret-key-value", **options)
     assert "secret-key-value" not in str(caught.value)
+
+
+def test_none_means_the_default(fake: FakeOpsNow, clock: FakeClock) -> None:
+    auth = OpsNowAuth(
+        fake.api_key, base_url=fake.base_url, refresh_margin=None, timeout=None, max_retries=None
+    )
+    assert auth.refresh_margin == 300.0
+    fake.fail_token_requests(503, count=-1)
+    with pytest.raises(TokenRequestError):
+        auth.get_token()
+    assert fake.token_requests == 4  # the default: 3 retries
+    auth.close()
 
 
 def test_explicit_zero_options_are_honoured() -> None:
