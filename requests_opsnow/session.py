@@ -85,6 +85,9 @@ RETRY_BACKOFF_MAX = 10.0
 RETRY_AFTER_MAX = 60.0
 """The longest ``Retry-After`` waited for, in seconds; a longer one returns the response at once."""
 
+DEFAULT_TIMEOUT = (10.0, 60.0)
+"""Seconds to connect to, and then to wait for, the API: ``session.timeout``, settable."""
+
 MESSAGE_MAX = 300
 """Characters of the server's error message kept in an :class:`OpsNowAPIError`."""
 
@@ -198,9 +201,11 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
     ``retries``: ``None`` for the default policy, an int for that many
     retries under it (``0``: none), or a urllib3 ``Retry`` used as given.
     ``close()`` also closes an OpsNowAuth the session built itself.
+    ``timeout`` (default :data:`DEFAULT_TIMEOUT`) applies to every request that
+    gives none; set it to ``None`` to wait forever, as plain requests does.
     """
 
-    __attrs__ = (*requests.Session.__attrs__, "base_url", "_own_auth")
+    __attrs__ = (*requests.Session.__attrs__, "base_url", "_own_auth", "timeout")
 
     def __init__(
         self,
@@ -221,6 +226,7 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         super().__init__(base_url=root + "/")
         self.auth = auth
         self._own_auth = own_auth
+        self.timeout: float | tuple[float, float] | None = DEFAULT_TIMEOUT
         self.headers["User-Agent"] = USER_AGENT
         self.mount("https://", _RetryingAdapter(retry))
         self.mount("http://", _RetryingAdapter(retry))
@@ -242,6 +248,8 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         return urljoin(base, text)
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:  # requests' own default is to wait forever
+            kwargs["timeout"] = self.timeout
         # Here rather than in a response hook: hooks run before OpsNowAuth's 401
         # replay (and per-request hooks= replace the session's), so the final
         # response would be missed.

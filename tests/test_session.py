@@ -19,6 +19,7 @@ from urllib3.util.retry import Retry
 
 from requests_opsnow import GLOBAL_BASE_URL, OpsNowAPIError, OpsNowAuth, __version__
 from requests_opsnow.session import (
+    DEFAULT_TIMEOUT,
     RETRY_AFTER_MAX,
     OpsNowSession,
     _OpsNowRetry,
@@ -452,3 +453,26 @@ def test_raise_for_opsnow_error_for_plain_responses(
 @pytest.mark.parametrize("status", [200, 204, 302, 399, 600])
 def test_raise_for_opsnow_error_ignores_non_error_statuses(status: int) -> None:
     raise_for_opsnow_error(error_response(status, {}))
+
+
+class TimeoutRecorder(requests.adapters.HTTPAdapter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[Any] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.timeouts.append(kwargs.get("timeout"))
+        return super().send(request, **kwargs)
+
+
+def test_every_request_has_a_timeout_unless_told_otherwise(
+    fake: FakeOpsNow, make_auth: Callable[..., OpsNowAuth]
+) -> None:
+    with OpsNowSession(auth=make_auth()) as s:
+        recorder = TimeoutRecorder()
+        s.mount("http://", recorder)
+        s.get(COMPANIES)
+        s.get(COMPANIES, timeout=3)
+        s.timeout = None
+        s.get(COMPANIES)
+    assert recorder.timeouts == [DEFAULT_TIMEOUT, 3, None]
