@@ -162,7 +162,8 @@ def _server_error(payload: dict[str, Any], api_key: str) -> str:
     message = error.get("message") if isinstance(error, dict) else payload.get("message")
     if not isinstance(message, str):
         return ""
-    return message.replace(api_key, "***")[:_MAX_MESSAGE]
+    one_line = " ".join(message.split())  # no forged log lines from a server's message
+    return one_line.replace(api_key, "***")[:_MAX_MESSAGE]
 
 
 def _is_transient(error: TokenRequestError) -> bool:

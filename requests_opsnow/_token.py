@@ -48,8 +48,9 @@ class Token:
 
     def __init__(self, value: str, expires_at: float, issued_at: float) -> None:
         object.__setattr__(self, "value", value)
-        object.__setattr__(self, "expires_at", expires_at)
-        object.__setattr__(self, "issued_at", issued_at)
+        # floats always: a stored record must read back equal to the token it came from
+        object.__setattr__(self, "expires_at", float(expires_at))
+        object.__setattr__(self, "issued_at", float(issued_at))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")

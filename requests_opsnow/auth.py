@@ -188,13 +188,17 @@ class OpsNowAuth(AuthBase):
         return current.token
 
     def invalidate(self) -> None:
-        """Forget the cached token; the next request fetches a new one."""
+        """Forget the token, here and in a shared cache: the next request fetches a new one.
+
+        Also when this process has not used the token yet (``opsnow token --renew``
+        after a ``curl`` got a 401): it is read from the cache to be forgotten.
+        """
         with self._lock:
             current, self._current = self._current, None
-            if current is not None:
-                self._rejected = current.token
-        if current is not None:
-            self._cache.delete(self._cache_key, current.token)
+        token = current.token if current is not None else self._cache.get(self._cache_key)
+        if token is not None:
+            self._rejected = token
+            self._cache.delete(self._cache_key, token)
 
     def close(self) -> None:
         """Close the connections of the private session used for token requests."""

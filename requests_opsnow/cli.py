@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -36,6 +37,10 @@ class ApiError(Exception):
     """The API answered with an error status: exit 1."""
 
 
+class MissingKeyError(Exception):
+    """No API key to authenticate with: exit 3, like a rejected one."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -54,14 +59,15 @@ def _report(error: Exception, *, debug: bool) -> int:
     if debug:
         traceback.print_exc()
     code = _exit_code(error)
-    print(f"opsnow: error: {error}", file=sys.stderr)
+    text = " ".join(str(error).split())  # one line, whatever a server put in its message
+    print(f"opsnow: error: {text}", file=sys.stderr)
     return code
 
 
 def _exit_code(error: Exception) -> int:
     if isinstance(error, (UsageError, ValueError)):
         return EXIT_USAGE
-    if isinstance(error, OpsNowAuthError):
+    if isinstance(error, (OpsNowAuthError, MissingKeyError)):
         return EXIT_AUTH
     return EXIT_API_ERROR
 
@@ -78,6 +84,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_token(args: argparse.Namespace) -> int:
     auth = _auth(args)
     try:
+        if args.renew:
+            auth.invalidate()
         token = auth.get_token_info(fresh=True)
         if args.json:
             print(json.dumps(_token_json(token.value, token.expires_at), indent=2))
@@ -145,6 +153,8 @@ def _auth(args: argparse.Namespace) -> OpsNowAuth:
     from .auth import OpsNowAuth
     from .filecache import FileTokenCache
 
+    if not os.environ.get(API_KEY_ENV, "").strip():
+        raise MissingKeyError(f"no OpsNow API key: set {API_KEY_ENV}")
     cache = None if args.no_cache else FileTokenCache()
     return OpsNowAuth(base_url=_base_url(args), cache=cache, timeout=args.timeout)
 
@@ -261,6 +271,9 @@ def _parser() -> argparse.ArgumentParser:
         'curl -H "Authorization: Bearer $(opsnow token)" https://api.opsnow360.io/...',
     )  # fmt: skip
     token.add_argument("--json", action="store_true", help="print JSON with the expiry")
+    token.add_argument(
+        "--renew", action="store_true", help="forget the cached token and fetch a new one"
+    )
 
     get = command("get", _run_request, "GET an API path and print the JSON",
                   "opsnow get /platform/v2/companies -p page=2")  # fmt: skip

@@ -1,11 +1,12 @@
 """FileTokenCache: one token shared by every process of a user on one machine.
 
 Files live in ``$XDG_CACHE_HOME/requests-opsnow`` (else
-``~/.cache/requests-opsnow``): the folder is 0700, each token file 0600 from
-the moment it is created, written to a temporary file and atomically renamed.
-A cross-process lock (``filelock``) makes the fetch single-flight across
-processes. Anything unexpected on disk is ignored, never a crash; a folder
-that cannot be written degrades to memory with one warning.
+``~/.cache/requests-opsnow``): a folder of our own that nobody else can write
+(0700), each token file 0600 from the moment it is created, written to a
+temporary file and atomically renamed. A cross-process lock (``filelock``)
+makes the fetch single-flight across processes. Anything unexpected on disk is
+ignored, never a crash; a folder that cannot be used degrades to memory with
+one warning.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -29,23 +31,35 @@ log = logging.getLogger("requests_opsnow")
 
 __all__ = ["FileTokenCache", "default_cache_dir"]
 
-LOCK_TIMEOUT = 60.0
-"""Longest wait for another process's fetch; then this one fetches anyway (with a warning)."""
+LOCK_TIMEOUT = 120.0
+"""Longest wait for another process's fetch (which retries for up to ~110 s by
+default); then this one fetches anyway, with a warning. A crashed holder's lock
+is released by the operating system at once."""
+
+STALE_TEMPORARY_AGE = 300.0
+"""Temporary files left by a process killed mid-write are removed after this long."""
 
 _MAX_FILE_SIZE = 64 * 1024
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/requests-opsnow``, else ``~/.cache/requests-opsnow``."""
+def default_cache_dir() -> Path | None:
+    """``$XDG_CACHE_HOME/requests-opsnow``, else ``~/.cache/requests-opsnow``.
+
+    None when neither is known (no home directory, as in some containers).
+    """
     xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "requests-opsnow"
+    if os.path.isabs(xdg):
+        return Path(xdg) / "requests-opsnow"
+    try:
+        return Path.home() / ".cache" / "requests-opsnow"
+    except (RuntimeError, KeyError):
+        return None
 
 
 class FileTokenCache:
     """A :class:`~requests_opsnow.TokenCache` in files, shared across processes.
 
-    Nothing touches the disk until the first token is stored or locked.
+    Nothing touches the disk until the first token is fetched.
     """
 
     def __init__(
@@ -53,14 +67,14 @@ class FileTokenCache:
     ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.lock_timeout = lock_timeout
-        self._fallback = MemoryTokenCache()
+        self._memory = MemoryTokenCache()
         self._reset_after_fork()
         _forksafe.register(self)
 
     def _reset_after_fork(self) -> None:
         self._guard = threading.Lock()
-        self._locks: dict[str, Any] = {}
-        self._warned = False
+        self._file_locks: dict[str, Any] = {}
+        self._degraded = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.directory)!r})"
@@ -74,52 +88,60 @@ class FileTokenCache:
     # -- the TokenCache protocol ------------------------------------------------------
 
     def get(self, key: str) -> Token | None:
-        token = self._read(self._path(key))
-        if token is None and self._warned:  # the folder failed us: memory is the cache now
-            return self._fallback.get(key)
-        return token
+        on_disk = self._read(key)
+        if not self._degraded:
+            return on_disk
+        in_memory = self._memory.get(key)  # the folder failed us: the newer of the two
+        candidates = [token for token in (on_disk, in_memory) if token is not None]
+        return max(candidates, key=lambda token: token.issued_at, default=None)
 
     def set(self, key: str, token: Token) -> None:
-        self._fallback.set(key, token)
+        self._memory.set(key, token)
         try:
-            self._ensure_directory()
-            self._write_atomically(self._path(key), token)
+            self._write_atomically(self._token_path(key), token)
         except OSError as exc:
-            self._degrade(f"cannot be written ({exc.strerror or type(exc).__name__})")
+            self._degrade(exc)
 
     def delete(self, key: str, token: Token | None = None) -> None:
-        self._fallback.delete(key, token)
-        path = self._path(key)
-        if not path.exists():
-            return
-        with self.lock(key):
-            if token is not None and self._read(path) != token:
+        self._memory.delete(key, token)
+        try:
+            path = self._token_path(key)
+            if not path.exists():
                 return
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                self._degrade(f"cannot be changed ({exc.strerror or type(exc).__name__})")
+            with self.lock(key):
+                if token is None or self._read(key) == token:
+                    path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._degrade(exc)
 
     def lock(self, key: str) -> AbstractContextManager[object]:
         return self._locked(key)
 
     # -- files --------------------------------------------------------------------------
 
-    def _path(self, key: str) -> Path:
-        if not key.isalnum():  # keys are hex digests; anything else could escape the folder
-            raise ValueError("cache keys must be alphanumeric digests")
-        return self.directory / f"{key}.json"
-
-    def _ensure_directory(self) -> None:
+    def _folder(self) -> Path:
+        """The cache folder, created 0700 and checked to be ours alone; else OSError."""
+        if self.directory is None:
+            raise FileNotFoundError("no cache folder: neither XDG_CACHE_HOME nor a home is set")
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = self.directory.stat()
-        if info.st_uid == _uid() and stat.S_IMODE(info.st_mode) & 0o077:
+        uid = _uid()
+        if uid is not None and info.st_uid != uid:
+            raise PermissionError("the cache folder belongs to another user")
+        if stat.S_IMODE(info.st_mode) & 0o077:
             self.directory.chmod(0o700)  # an existing folder others could read: tighten it
+        return self.directory
+
+    def _token_path(self, key: str) -> Path:
+        if not key.isalnum():  # keys are hex digests; anything else could escape the folder
+            raise ValueError("cache keys must be alphanumeric digests")
+        if self.directory is None:
+            raise FileNotFoundError("no cache folder")
+        return self.directory / f"{key}.json"
 
     def _write_atomically(self, path: Path, token: Token) -> None:
-        temporary = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        folder = self._folder()
+        temporary = folder / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -129,19 +151,21 @@ class FileTokenCache:
             with contextlib.suppress(OSError):
                 temporary.unlink()
             raise
+        _remove_stale_temporaries(folder, path.stem)
 
-    def _read(self, path: Path) -> Token | None:
-        """The token in ``path``, or None if missing, expired, corrupt or not ours."""
+    def _read(self, key: str) -> Token | None:
+        """The token stored for ``key``, or None if missing, expired, corrupt or not ours."""
         try:
+            path = self._token_path(key)
             raw = _read_own_file(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.debug("ignoring token cache file %s: %s", path.name, type(exc).__name__)
+            log.debug("ignoring the token cache file: %s", type(exc).__name__)
             return None
         token = token_from_record(raw) if len(raw) <= _MAX_FILE_SIZE else None
         if token is None:
-            log.debug("ignoring corrupt or foreign token cache file %s", path.name)
+            log.debug("ignoring a corrupt or foreign token cache file")
             return None
         return token if token.expires_at > _clock.now() else None
 
@@ -149,44 +173,44 @@ class FileTokenCache:
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
-        file_lock = self._file_lock(key)
-        if file_lock is None:
-            with self._fallback.lock(key):
+        # Threads first (old filelock releases are not thread-local), then processes.
+        with self._memory.lock(key):
+            file_lock = self._file_lock(key)
+            try:
                 yield
-            return
-        try:
-            yield
-        finally:
-            file_lock.release()
+            finally:
+                if file_lock is not None:
+                    file_lock.release()
 
     def _file_lock(self, key: str) -> Any:
         """The acquired cross-process lock for ``key``; None when it cannot be had."""
         from filelock import FileLock, Timeout  # imported when first needed: keeps import light
 
-        with self._guard:
-            file_lock = self._locks.get(key)
-            if file_lock is None:
-                path = str(self.directory / f"{key}.lock")
-                file_lock = FileLock(path, timeout=self.lock_timeout, mode=0o600)
-                self._locks[key] = file_lock
         try:
-            self._ensure_directory()
+            path = self._folder() / f"{self._token_path(key).stem}.lock"
+            with self._guard:
+                file_lock = self._file_locks.get(key)
+                if file_lock is None:
+                    file_lock = FileLock(str(path), timeout=self.lock_timeout, mode=0o600)
+                    self._file_locks[key] = file_lock
             file_lock.acquire()
         except Timeout:
             log.warning("token cache lock busy for %.0f s; going on without it", self.lock_timeout)
             return None
         except OSError as exc:
-            self._degrade(f"cannot be locked ({exc.strerror or type(exc).__name__})")
+            self._degrade(exc)
             return None
         return file_lock
 
-    def _degrade(self, problem: str) -> None:
-        if not self._warned:
-            self._warned = True
+    def _degrade(self, error: OSError) -> None:
+        with self._guard:
+            first, self._degraded = not self._degraded, True
+        if first:
             log.warning(
-                "token cache folder %s %s; keeping tokens in this process's memory",
+                "token cache folder %s cannot be used (%s); keeping tokens in this"
+                " process's memory",
                 self.directory,
-                problem,
+                error.strerror or str(error) or type(error).__name__,
             )
 
 
@@ -196,10 +220,20 @@ def _uid() -> int | None:
 
 
 def _read_own_file(path: Path) -> bytes:
-    """Read ``path`` if it is a regular file of ours: no symlinks, no other owner."""
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    """Read ``path`` if it is a regular file of ours: no symlinks, FIFOs or other owners."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    descriptor = os.open(path, flags)
     with os.fdopen(descriptor, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode) or _uid() not in (None, info.st_uid):
             raise PermissionError("not a regular file owned by this user")
         return handle.read(_MAX_FILE_SIZE + 1)
+
+
+def _remove_stale_temporaries(folder: Path, stem: str) -> None:
+    """Temporary files of writers killed mid-write: each holds a token, so clear them."""
+    cutoff = time.time() - STALE_TEMPORARY_AGE
+    for leftover in folder.glob(f".{stem}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if leftover.lstat().st_mtime < cutoff:
+                leftover.unlink()

@@ -33,7 +33,8 @@ def fleet_member(
     from requests_opsnow.rediscache import RedisTokenCache
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    auth = OpsNowAuth(api_key, base_url=base_url, cache=RedisTokenCache(client, prefix=prefix))
+    cache = RedisTokenCache(client, prefix=prefix)
+    auth = OpsNowAuth(api_key, base_url=base_url, cache=cache)
     url = base_url + "/platform/v2/companies"
 
     def burst() -> list[int]:
@@ -55,6 +56,7 @@ def fleet_member(
         return statuses + burst()
     finally:
         auth.close()
+        cache.close()
         client.close()
 
 

@@ -115,9 +115,9 @@ def test_bad_key_exits_3_with_one_line_and_no_key(cli: Cli) -> None:
     assert "wrong-key-12345" not in result.stderr + result.stdout
 
 
-def test_missing_key_names_the_variable(cli: Cli, fake: FakeOpsNow) -> None:
+def test_missing_key_exits_3_naming_the_variable(cli: Cli, fake: FakeOpsNow) -> None:
     result = cli("token", OPSNOW_API_KEY="")
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "OPSNOW_API_KEY" in one_line(result.stderr)
     assert fake.token_requests == 0
 
@@ -212,3 +212,21 @@ def test_token_due_for_refresh_is_replaced_before_printing(cli: Cli, fake: FakeO
 
     assert first.stdout.strip() == second.stdout.strip() == fake.issued_tokens[0]
     assert fake.token_requests == 1
+
+
+def test_an_error_is_one_line_even_when_the_server_message_has_newlines(
+    cli: Cli, fake: FakeOpsNow
+) -> None:
+    body = {"status": "fail", "error": {"code": 401, "message": "Invalid key.\nRotate it\r\nNow"}}
+    fake.fail_token_requests(401, body=json.dumps(body).encode())
+    result = cli("token")
+    assert result.returncode == 3
+    assert "Invalid key. Rotate it Now" in one_line(result.stderr)
+
+
+def test_token_renew_forgets_the_cached_token(cli: Cli, fake: FakeOpsNow) -> None:
+    first = cli("token").stdout.strip()
+    renewed = cli("token", "--renew").stdout.strip()
+    assert renewed != first
+    assert cli("token").stdout.strip() == renewed
+    assert fake.token_requests == 2

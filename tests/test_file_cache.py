@@ -7,11 +7,13 @@ import logging
 import multiprocessing
 import os
 import stat
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import requests
 
 from requests_opsnow import OpsNowAuth
 from requests_opsnow.cache import cache_key
@@ -143,8 +145,6 @@ def test_a_folder_that_cannot_be_written_still_lets_requests_succeed(
 def test_a_401_drops_the_shared_token_only_if_it_is_still_the_one_that_failed(
     fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
 ) -> None:
-    import requests
-
     first = make_auth(cache=FileTokenCache(tmp_path))
     second = make_auth(cache=FileTokenCache(tmp_path))
     url = fake.base_url + "/platform/v2/companies"
@@ -180,3 +180,99 @@ def test_an_existing_folder_open_to_others_is_tightened(
     os.chmod(directory, 0o755)  # noqa: S103 - the situation under test
     make_auth(cache=FileTokenCache(directory)).get_token()
     assert mode(directory) == 0o700
+
+
+def test_a_fifo_in_the_cache_folder_is_ignored_not_waited_on(
+    fake: FakeOpsNow, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o700)
+    key = cache_key(fake.token_url, fake.api_key)
+    fifo = tmp_path / f"{key}.json"
+    os.mkfifo(fifo, 0o600)
+    cache = FileTokenCache(tmp_path)
+    result: list[object] = []
+    reader = threading.Thread(target=lambda: result.append(cache.get(key)), daemon=True)
+    reader.start()
+    reader.join(3)
+    hung = reader.is_alive()
+    if hung:  # let the reader end: open the write end and close it
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(3)
+    assert not hung, "get() blocked opening a FIFO"
+    assert result == [None]
+
+
+def test_a_401_with_an_unusable_cache_folder_still_replays(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
+) -> None:
+    auth = make_auth(cache=FileTokenCache(tmp_path / ("x" * 300)))  # ENAMETOOLONG everywhere
+    assert auth.get_token() == fake.issued_tokens[0]
+    fake.revoke_tokens()
+    with requests.Session() as s:
+        response = s.get(fake.base_url + "/platform/v2/companies", auth=auth)
+    assert response.status_code == 200
+    assert fake.token_requests == 2
+
+
+def test_invalidate_on_a_new_process_forgets_the_shared_token(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
+) -> None:
+    first = make_auth(cache=FileTokenCache(tmp_path)).get_token()
+    fresh = make_auth(cache=FileTokenCache(tmp_path))  # has not used the token itself
+    fresh.invalidate()
+    assert fresh.get_token() != first
+    assert fake.token_requests == 2
+
+
+def test_threads_of_one_process_sharing_a_file_cache_make_one_token_request(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
+) -> None:
+    fake.set_token_delay(0.3)
+    cache = FileTokenCache(tmp_path)
+    auths = [make_auth(cache=cache) for _ in range(6)]
+    start = threading.Barrier(len(auths))
+    tokens: list[str] = []
+
+    def run(auth: OpsNowAuth) -> None:
+        start.wait(10)
+        tokens.append(auth.get_token())
+
+    threads = [threading.Thread(target=run, args=(auth,)) for auth in auths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(tokens) == 6
+    assert len(set(tokens)) == 1
+    assert fake.token_requests == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_a_cache_folder_owned_by_another_user_is_not_used(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    os.chown(directory, 65534, -1)
+    os.chmod(directory, 0o777)  # noqa: S103 - the situation under test
+    with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
+        auth = make_auth(cache=FileTokenCache(directory))
+        assert auth.get_token() == fake.issued_tokens[0]
+    assert list(directory.iterdir()) == []
+    assert "another user" in caplog.text
+
+
+def test_no_home_directory_degrades_to_memory(
+    fake: FakeOpsNow, make_auth: MakeAuth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pwd
+
+    def no_entry(uid: int) -> object:
+        raise KeyError(uid)
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    auth = make_auth(cache=FileTokenCache())
+    assert auth.get_token() == auth.get_token() == fake.issued_tokens[0]
+    assert fake.token_requests == 1

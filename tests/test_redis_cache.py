@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing
 import os
+import pickle
 import secrets
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -17,12 +22,13 @@ import pytest
 import redis
 import requests
 
-from requests_opsnow import OpsNowAuth, Token
+from requests_opsnow import OpsNowAuth, OpsNowSession, Token
 from requests_opsnow.cache import cache_key
-from requests_opsnow.rediscache import RedisTokenCache
+from requests_opsnow.rediscache import BREAKER_MAX_PAUSE, RedisTokenCache
 from requests_opsnow.testing import FakeOpsNow
 
 from ._workers import fleet_member
+from .conftest import FakeClock
 from .redis_support import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
@@ -69,14 +75,32 @@ def client(redis_url: str, new_client: Callable[..., Any]) -> Any:
     return new_client(redis_url)
 
 
+@pytest.fixture
+def make_cache() -> Iterator[Callable[..., RedisTokenCache]]:
+    """RedisTokenCaches whose own connections are closed after the test."""
+    made: list[RedisTokenCache] = []
+
+    def factory(client: Any, **options: Any) -> RedisTokenCache:
+        made.append(RedisTokenCache(client, **options))
+        return made[-1]
+
+    yield factory
+    for cache in made:
+        cache.close()
+
+
 def keyspace(client: Any, prefix: str) -> dict[str, bytes]:
     return {name.decode(): client.get(name) or b"" for name in client.scan_iter(match=prefix + "*")}
 
 
 def test_token_is_stored_with_its_remaining_lifetime_and_without_the_key(
-    fake: FakeOpsNow, make_auth: MakeAuth, client: Any, prefix: str
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    client: Any,
+    prefix: str,
+    make_cache: Callable[..., RedisTokenCache],
 ) -> None:
-    make_auth(cache=RedisTokenCache(client, prefix=prefix)).get_token()
+    make_auth(cache=make_cache(client, prefix=prefix)).get_token()
     stored = keyspace(client, prefix)
 
     (name,) = stored
@@ -94,10 +118,9 @@ def test_hosts_share_one_token(
     redis_url: str,
     prefix: str,
     new_client: Callable[..., Any],
+    make_cache: Callable[..., RedisTokenCache],
 ) -> None:
-    hosts = [
-        make_auth(cache=RedisTokenCache(new_client(redis_url), prefix=prefix)) for _ in range(3)
-    ]
+    hosts = [make_auth(cache=make_cache(new_client(redis_url), prefix=prefix)) for _ in range(3)]
     assert {auth.get_token() for auth in hosts} == set(fake.issued_tokens)
     assert fake.token_requests == 1
 
@@ -133,25 +156,30 @@ def test_eight_processes_of_four_threads_share_one_token_and_one_refresh(
 
 
 def test_a_401_drops_the_shared_token_only_if_it_is_still_the_one_that_failed(
-    client: Any, prefix: str
+    client: Any, prefix: str, make_cache: Callable[..., RedisTokenCache]
 ) -> None:
-    cache = RedisTokenCache(client, prefix=prefix)
+    cache = make_cache(client, prefix=prefix)
     old = Token("old-token", expires_at=9e9, issued_at=0.0)
     new = Token("new-token", expires_at=9e9, issued_at=1.0)
     cache.set("k", new)
     cache.delete("k", old)
-    assert RedisTokenCache(client, prefix=prefix).get("k") == new
+    assert make_cache(client, prefix=prefix).get("k") == new
     cache.delete("k", new)
-    assert RedisTokenCache(client, prefix=prefix).get("k") is None
+    assert make_cache(client, prefix=prefix).get("k") is None
 
 
 @pytest.mark.parametrize("value", [b"garbage", b'{"format": "other"}', b'{"access_token": "x"}'])
 def test_a_bad_value_is_ignored_and_overwritten(
-    fake: FakeOpsNow, make_auth: MakeAuth, client: Any, prefix: str, value: bytes
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    client: Any,
+    prefix: str,
+    value: bytes,
+    make_cache: Callable[..., RedisTokenCache],
 ) -> None:
     name = f"{prefix}token:{cache_key(fake.token_url, fake.api_key)}"
     client.set(name, value)
-    token = make_auth(cache=RedisTokenCache(client, prefix=prefix)).get_token()
+    token = make_auth(cache=make_cache(client, prefix=prefix)).get_token()
     assert token == fake.issued_tokens[0]
     assert token.encode() in client.get(name)
 
@@ -162,12 +190,14 @@ def test_redis_down_then_back(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     new_client: Callable[..., Any],
+    clock: FakeClock,
+    make_cache: Callable[..., RedisTokenCache],
 ) -> None:
     server = RedisServer(tmp_path).start()
     try:
         hosts = [
             make_auth(
-                cache=RedisTokenCache(
+                cache=make_cache(
                     new_client(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
                 )
             )
@@ -190,6 +220,7 @@ def test_redis_down_then_back(
             assert len(unavailable) == 2  # one per host, not one per request
 
             server.start()
+            clock.advance(BREAKER_MAX_PAUSE)  # Redis is left alone for a while after failing
             fake.revoke_tokens()
             everyone_gets(4)  # shared again: one more token for both hosts
             assert sum("sharing tokens again" in r.getMessage() for r in caplog.records) == 2
@@ -203,6 +234,7 @@ def test_a_lock_holder_killed_with_sigkill_blocks_others_only_until_the_lock_exp
     redis_url: str,
     prefix: str,
     new_client: Callable[..., Any],
+    make_cache: Callable[..., RedisTokenCache],
 ) -> None:
     key = cache_key(fake.token_url, fake.api_key)
     holder = subprocess.Popen(
@@ -217,7 +249,7 @@ def test_a_lock_holder_killed_with_sigkill_blocks_others_only_until_the_lock_exp
         assert holder.stdout.readline().strip() == "locked"
         holder.kill()
         holder.wait(10)
-        cache = RedisTokenCache(new_client(redis_url), prefix=prefix, lock_timeout=1.5)
+        cache = make_cache(new_client(redis_url), prefix=prefix, lock_timeout=1.5)
         assert make_auth(cache=cache).get_token() == fake.issued_tokens[0]
         assert fake.token_requests == 1
     finally:
@@ -225,3 +257,95 @@ def test_a_lock_holder_killed_with_sigkill_blocks_others_only_until_the_lock_exp
         holder.wait(10)
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+def test_workers_get_copies_of_an_auth_and_session_holding_a_redis_cache(
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    redis_url: str,
+    new_client: Callable[..., Any],
+    make_cache: Callable[..., RedisTokenCache],
+    prefix: str,
+) -> None:
+    auth = make_auth(cache=make_cache(new_client(redis_url), prefix=prefix))
+    auth.get_token()
+    with OpsNowSession(auth=auth) as session:
+        copies = [
+            make_copy(original)
+            for original in (auth, session)
+            for make_copy in (copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o)))
+        ]
+    for made in copies:
+        copied_auth = made.auth if isinstance(made, requests.Session) else made
+        try:
+            assert copied_auth.get_token() == fake.issued_tokens[0]  # shared through Redis
+        finally:
+            copied_auth.close()
+            copied_auth._cache.close()  # the copy's own cache connections
+            if isinstance(made, requests.Session):
+                made.close()
+    assert fake.token_requests == 1
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.kill()
+
+
+def test_a_hung_redis_costs_one_short_timeout_not_a_stall(
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    own_redis: RedisServer,
+    make_cache: Callable[..., RedisTokenCache],
+) -> None:
+    # Built with redis-py's default retries, which the cache's own connections drop.
+    client = redis.Redis(host="127.0.0.1", port=own_redis.port, socket_timeout=0.2)
+    try:
+        client.ping()
+        auth = make_auth(cache=make_cache(client, prefix="hung:"))
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)  # alive, accepting, never answering
+        started = time.monotonic()
+        auth.get_token()
+        auth.invalidate()
+        auth.get_token()
+        elapsed = time.monotonic() - started
+    finally:
+        client.close()
+    assert elapsed < 2.5, f"two token fetches with Redis hung took {elapsed:.1f} s"
+    assert fake.token_requests == 2
+
+
+def test_a_live_lock_holder_keeps_the_fleet_lock_while_its_fetch_outlasts_lock_timeout(
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    redis_url: str,
+    prefix: str,
+    new_client: Callable[..., Any],
+    make_cache: Callable[..., RedisTokenCache],
+) -> None:
+    fake.set_token_delay(1.5)  # longer than the lock timeout
+    hosts = [
+        make_auth(cache=make_cache(new_client(redis_url), prefix=prefix, lock_timeout=1.0))
+        for _ in range(2)
+    ]
+    start = threading.Barrier(len(hosts))
+    tokens: list[str] = []
+
+    def run(auth: OpsNowAuth) -> None:
+        start.wait(10)
+        tokens.append(auth.get_token())
+
+    threads = [threading.Thread(target=run, args=(auth,)) for auth in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(tokens) == 2
+    assert fake.token_requests == 1
