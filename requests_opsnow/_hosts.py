@@ -50,12 +50,15 @@ def _origin(url: str) -> str:
     start = url.find("://")
     if start < 0:
         return url
-    end = len(url)
-    for delimiter in "/?#":
-        found = url.find(delimiter, start + 3, end)
-        if found >= 0:
-            end = found
-    return url[:end]
+    start += 3
+    end = url.find("/", start)
+    origin = url[:end] if end >= 0 else url
+    if "?" in origin or "#" in origin:  # "https://host?query" has no "/" before its query
+        for delimiter in "?#":
+            found = origin.find(delimiter, start)
+            if found >= 0:
+                origin = origin[:found]
+    return origin
 
 
 def _allowed_host(entry: str) -> str:
@@ -71,8 +74,8 @@ def _allowed_host(entry: str) -> str:
 class HostPolicy:
     """Decides, per URL, whether to attach the token, skip, or refuse.
 
-    Decisions are memoised per scheme and network location, so the check on
-    every request is one dictionary lookup.
+    Decisions are memoised per URL and per origin (scheme and network
+    location), so the check on every request is one or two dictionary lookups.
     """
 
     def __init__(self, trusted_urls: Iterable[str], extra_hosts: Iterable[str]) -> None:
@@ -86,14 +89,16 @@ class HostPolicy:
         self._decisions: dict[str, Decision] = {}
 
     def decide(self, url: str) -> Decision:
-        origin = _origin(url)
-        decision = self._decisions.get(origin)
+        decision = self._decisions.get(url)  # the same URL again: one lookup
         if decision is None:
-            parts = urlsplit(origin)
-            decision = self._decide(parts.scheme, (parts.hostname or "").rstrip("."))
+            origin = _origin(url)
+            decision = self._decisions.get(origin)
+            if decision is None:
+                parts = urlsplit(origin)
+                decision = self._decide(parts.scheme, (parts.hostname or "").rstrip("."))
             if len(self._decisions) >= _DECISION_CACHE_SIZE:
                 self._decisions.clear()
-            self._decisions[origin] = decision
+            self._decisions[origin] = self._decisions[url] = decision
         return decision
 
     def trusts(self, host: str) -> bool:

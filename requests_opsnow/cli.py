@@ -129,6 +129,7 @@ def _run_fake_server(args: argparse.Namespace) -> int:
     from .testing import FakeOpsNow
 
     with FakeOpsNow(port=args.port, ttl=args.ttl) as fake:
+        fake.set_token_delay(args.token_delay)
         print(f"fake OpsNow server on {fake.base_url} (token lifetime {args.ttl:g} s)")
         print(f"export {BASE_URL_ENV}={fake.base_url}")
         print(f"export {API_KEY_ENV}={fake.api_key}")
@@ -296,4 +297,7 @@ def _parser() -> argparse.ArgumentParser:
                    "opsnow fake-server --port 8080 --ttl 60")  # fmt: skip
     fake.add_argument("--port", type=int, default=0, help="port (default: any free port)")
     fake.add_argument("--ttl", type=float, default=3600.0, help="token lifetime in seconds")
+    fake.add_argument(
+        "--token-delay", type=float, default=0.0, help="seconds each token request takes"
+    )
     return parser
