@@ -107,12 +107,11 @@ def _token_json(token: str, expires_at: float) -> dict[str, Any]:
 
 def _run_request(args: argparse.Namespace) -> int:
     body = _json_body(args.json) if args.json is not None else None
+    params = _params(args.param)  # usage errors before any network call
     session, auth = _session(args)
     try:
         auth.get_token_info(fresh=True)  # a due token is refreshed now, not by a thread we'd kill
-        response = session.request(
-            args.method.upper(), args.path, params=_params(args.param), json=body
-        )
+        response = session.request(args.method.upper(), args.path, params=params, json=body)
         with response:
             _print_body(response)
             if response.status_code >= 400:
