@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import pytest
@@ -93,3 +95,15 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     monkeypatch.setattr(_clock, "now", fake_clock.now)
     monkeypatch.setattr(_clock, "sleep", fake_clock.sleep)
     return fake_clock
+
+
+def tokens_together(auths: list[OpsNowAuth]) -> list[str]:
+    """``get_token()`` on each auth, in threads released at the same instant."""
+    barrier = threading.Barrier(len(auths))
+
+    def one(auth: OpsNowAuth) -> str:
+        barrier.wait(10)
+        return auth.get_token()
+
+    with ThreadPoolExecutor(max_workers=len(auths)) as pool:
+        return list(pool.map(one, auths, timeout=30))

@@ -21,7 +21,7 @@ from requests_opsnow.filecache import FileTokenCache, default_cache_dir
 from requests_opsnow.testing import FakeOpsNow
 
 from ._workers import fetch_with_file_cache
-from .conftest import FakeClock
+from .conftest import FakeClock, tokens_together
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -230,18 +230,7 @@ def test_threads_of_one_process_sharing_a_file_cache_make_one_token_request(
     fake.set_token_delay(0.3)
     cache = FileTokenCache(tmp_path)
     auths = [make_auth(cache=cache) for _ in range(6)]
-    start = threading.Barrier(len(auths))
-    tokens: list[str] = []
-
-    def run(auth: OpsNowAuth) -> None:
-        start.wait(10)
-        tokens.append(auth.get_token())
-
-    threads = [threading.Thread(target=run, args=(auth,)) for auth in auths]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(20)
+    tokens = tokens_together(auths)
     assert len(tokens) == 6
     assert len(set(tokens)) == 1
     assert fake.token_requests == 1

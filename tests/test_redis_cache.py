@@ -11,7 +11,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -28,7 +27,7 @@ from requests_opsnow.rediscache import BREAKER_MAX_PAUSE, RedisTokenCache
 from requests_opsnow.testing import FakeOpsNow
 
 from ._workers import fleet_member
-from .conftest import FakeClock
+from .conftest import FakeClock, tokens_together
 from .redis_support import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
@@ -335,17 +334,6 @@ def test_a_live_lock_holder_keeps_the_fleet_lock_while_its_fetch_outlasts_lock_t
         make_auth(cache=make_cache(new_client(redis_url), prefix=prefix, lock_timeout=1.0))
         for _ in range(2)
     ]
-    start = threading.Barrier(len(hosts))
-    tokens: list[str] = []
-
-    def run(auth: OpsNowAuth) -> None:
-        start.wait(10)
-        tokens.append(auth.get_token())
-
-    threads = [threading.Thread(target=run, args=(auth,)) for auth in hosts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(20)
+    tokens = tokens_together(hosts)
     assert len(tokens) == 2
     assert fake.token_requests == 1
