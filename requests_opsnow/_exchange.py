@@ -10,11 +10,11 @@ import logging
 import random
 from email.utils import parsedate_to_datetime
 from typing import Any, Union
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
 from . import _clock
+from ._hosts import safe_url
 from ._token import Token, parse_token_payload
 from .errors import InvalidApiKeyError, TokenRequestError, TokenResponseError
 
@@ -55,9 +55,7 @@ class TokenEndpoint:
     @property
     def safe_url(self) -> str:
         """The URL without userinfo, query or fragment, fit for messages."""
-        parts = urlsplit(self.url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        return safe_url(self.url)
 
 
 def fetch_token(endpoint: TokenEndpoint, api_key: str, session: requests.Session) -> Token:

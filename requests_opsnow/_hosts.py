@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 OPSNOW_DOMAINS = ("opsnow360.io", "opsnow.io")
 """Every host in these domains (and the domains themselves) may receive the token."""
@@ -21,6 +21,12 @@ class Decision(enum.Enum):
     ATTACH = "attach"
     SKIP = "skip"
     REFUSE = "refuse"
+
+
+def safe_url(url: str) -> str:
+    """``url`` without userinfo, query or fragment (they may carry secrets): fit for messages."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def is_loopback(host: str) -> bool:

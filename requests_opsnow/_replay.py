@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Callable, Protocol
-from urllib.parse import urlsplit
 
 import requests
 from requests.cookies import extract_cookies_to_jar, get_cookie_header
+
+from ._hosts import safe_url
 
 log = logging.getLogger("requests_opsnow")
 
@@ -120,5 +121,4 @@ def _add_cookies_set_by(response: requests.Response, request: requests.PreparedR
 
 
 def _describe(request: requests.PreparedRequest) -> str:
-    parts = urlsplit(request.url or "")
-    return f"{request.method} {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    return f"{request.method} {safe_url(request.url or '')}"

@@ -49,6 +49,7 @@ from urllib3.util.retry import Retry
 
 from . import __version__, _clock
 from ._config import resolve_base_url
+from ._hosts import safe_url
 from ._replay import unreplayable_body
 from .auth import OpsNowAuth
 from .errors import OpsNowAPIError
@@ -309,7 +310,7 @@ def _describe(response: requests.Response) -> tuple[str, int | str, str]:
     request: requests.PreparedRequest | None = getattr(response, "request", None)
     method = request.method if request is not None else None
     url = response.url or (request.url if request is not None else None) or ""
-    text = f"OpsNow API error {status} on {method or 'request to'} {_safe_url(url)}: {message}"
+    text = f"OpsNow API error {status} on {method or 'request to'} {safe_url(url)}: {message}"
     if code != status:
         text += f" (code {code})"
     return text, code, message
@@ -347,9 +348,3 @@ def _one_line(text: str, response: requests.Response) -> str:
         if scheme.lower() == "bearer" and token.strip():
             text = text.replace(token.strip(), "[token]")
     return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 3] + "..."
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without credentials, query string or fragment (they may carry secrets)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
