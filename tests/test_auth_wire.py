@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -32,16 +33,13 @@ def bearer(request: RecordedRequest) -> str | None:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = threading.Event()
-    timer = threading.Timer(timeout, deadline.set)
-    timer.start()
-    try:
-        while not condition():
-            if deadline.wait(0.01):
-                return condition()
-        return True
-    finally:
-        timer.cancel()
+    """Poll ``condition`` (a background refresh or a server count) until true or timed out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def refresh_threads() -> list[threading.Thread]:
