@@ -24,6 +24,7 @@ from .errors import (
     InvalidApiKeyError,
     OpsNowAPIError,
     OpsNowAuthError,
+    ReplaySkippedWarning,
     TokenRequestError,
     TokenResponseError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "OpsNowAuthError",
     "OpsNowSession",
     "RedisTokenCache",
+    "ReplaySkippedWarning",
     "Token",
     "TokenCache",
     "TokenRequestError",

@@ -15,6 +15,11 @@ def now() -> float:
     return time.time()
 
 
+def monotonic() -> float:
+    """Seconds on a clock that never jumps: for deadlines within this process."""
+    return time.monotonic()
+
+
 def sleep(seconds: float) -> None:
     """Sleep; patched by tests that simulate waits."""
     time.sleep(seconds)

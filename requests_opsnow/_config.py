@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .cache import TokenCache
 
 GLOBAL_BASE_URL = "https://api.opsnow360.io"
 KOREA_BASE_URL = "https://api.kr.opsnow360.io"
@@ -24,6 +29,9 @@ DEFAULT_MAX_RETRIES = 3
 TOKEN_PATH = "/platform/v2/identity/api-keys/token"  # noqa: S105 (a path, not a secret)
 API_KEY_ENV = "OPSNOW_API_KEY"
 BASE_URL_ENV = "OPSNOW_BASE_URL"
+TOKEN_CACHE_ENV = "OPSNOW_TOKEN_CACHE"  # noqa: S105 (a variable name, not a secret)
+"""Selects the token store when ``cache=`` is not given: ``memory`` (the default),
+``file``, ``file:/some/folder``, or a ``redis://`` / ``rediss://`` URL."""
 
 
 def base_url_for_region(region: str) -> str:
@@ -98,3 +106,67 @@ def host_list(allowed_hosts: Iterable[str] | str | None) -> tuple[str, ...]:
     if isinstance(allowed_hosts, str):
         return (allowed_hosts,)
     return tuple(allowed_hosts)
+
+
+_stores_from_environment: dict[str, TokenCache | None] = {}
+_stores_lock = threading.Lock()
+
+
+def resolve_store(cache: TokenCache | None) -> TokenCache | None:
+    """``cache``, else the store ``OPSNOW_TOKEN_CACHE`` names; None is the process's memory.
+
+    One store object per value of the variable, so that auths built per call
+    share one token lifecycle.
+    """
+    if cache is not None:
+        return cache
+    spec = os.environ.get(TOKEN_CACHE_ENV, "").strip()
+    if spec in ("", "memory"):
+        return None
+    with _stores_lock:
+        if spec not in _stores_from_environment:
+            _stores_from_environment[spec] = _store_for(spec)
+        return _stores_from_environment[spec]
+
+
+def _store_for(spec: str) -> TokenCache:
+    if spec == "file" or spec.startswith("file:"):
+        from .filecache import FileTokenCache
+
+        folder = spec[len("file:") :] if spec.startswith("file:") else ""
+        if spec.startswith("file:") and not os.path.isabs(folder):
+            raise ValueError(
+                f"{TOKEN_CACHE_ENV}=file:FOLDER needs an absolute folder, got {folder!r}"
+            )
+        return FileTokenCache(folder or None)
+    if spec.startswith(("redis://", "rediss://")):
+        return _redis_store(spec)
+    from ._hosts import safe_url
+
+    raise ValueError(
+        f"{TOKEN_CACHE_ENV} must be memory, file, file:/folder or a redis:// or rediss://"
+        f" URL, got {safe_url(spec)!r}"
+    )
+
+
+def _redis_store(url: str) -> TokenCache:
+    try:
+        import redis
+
+        from .rediscache import RedisTokenCache
+    except ImportError:
+        from ._hosts import safe_url
+
+        raise ImportError(
+            f"{TOKEN_CACHE_ENV}={safe_url(url)} needs redis-py:"
+            " pip install 'requests-opsnow[redis]'"
+        ) from None
+    try:
+        client = redis.Redis.from_url(url)
+    except ValueError:
+        from ._hosts import safe_url
+
+        raise ValueError(
+            f"{TOKEN_CACHE_ENV} is not a usable Redis URL: {safe_url(url)!r}"
+        ) from None
+    return RedisTokenCache(client)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import random
+import re
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Union
 
@@ -37,9 +39,53 @@ RETRY_BUDGET = 30.0
 _MAX_MESSAGE = 200
 
 
+TOKEN_REQUEST_HEADERS = {
+    "Accept": "application/json",
+    # Never from or into an HTTP cache (requests-cache, a caching proxy): a cached answer
+    # would hand back a revoked token, and a stored request would hold the key.
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+}
+
+
 def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
     """Request-level auth that beats any ``session.auth`` (even an OpsNowAuth)."""
     return request
+
+
+class SendSettings:
+    """TLS and proxy settings for the token request, with requests' meanings.
+
+    ``None`` for ``verify``, ``cert`` and ``proxies`` means requests' default
+    (and, with ``trust_env``, the environment: ``REQUESTS_CA_BUNDLE``,
+    ``HTTPS_PROXY``, ``NO_PROXY``...), as for any request.
+    """
+
+    __slots__ = ("cert", "proxies", "trust_env", "verify")
+
+    def __init__(
+        self,
+        *,
+        verify: bool | str | None = None,
+        cert: str | tuple[str, str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+        trust_env: bool = True,
+    ) -> None:
+        self.verify = verify
+        self.cert = cert
+        self.proxies = dict(proxies) if proxies is not None else None
+        self.trust_env = trust_env
+
+    def send_options(self, session: requests.Session, url: str) -> dict[str, Any]:
+        """``session.send`` options for a request to ``url``, merged as ``Session.request`` does."""
+        options: dict[str, Any] = dict(
+            session.merge_environment_settings(
+                url, dict(self.proxies or {}), False, self.verify, self.cert
+            )
+        )
+        if url.startswith("http:"):  # plain http goes to loopback only, and never via a proxy
+            options["proxies"] = {}
+        return options
 
 
 class TokenEndpoint:
@@ -57,18 +103,42 @@ class TokenEndpoint:
         """The URL without userinfo, query or fragment, fit for messages."""
         return safe_url(self.url)
 
+    @property
+    def bound(self) -> float:
+        """The longest a fetch may take: every attempt's timeouts and the backoff budget."""
+        connect, read = self.timeout if isinstance(self.timeout, tuple) else (self.timeout,) * 2
+        return (self.max_retries + 1) * (connect + read) + RETRY_BUDGET
 
-def fetch_token(endpoint: TokenEndpoint, api_key: str, session: requests.Session) -> Token:
+
+def fetch_token(
+    endpoint: TokenEndpoint,
+    api_key: str,
+    session: requests.Session | None,
+    settings: SendSettings,
+) -> Token:
     """Exchange ``api_key`` for a token, retrying transient failures.
 
-    Raises :class:`InvalidApiKeyError`, :class:`TokenRequestError` or
+    ``session`` is the caller's, used as given; without one, a private session
+    lives for this fetch only (a token is fetched once a lifetime: an idle
+    connection kept for the next one would help nobody). Raises
+    :class:`InvalidApiKeyError`, :class:`TokenRequestError` or
     :class:`TokenResponseError`; the key never appears in a message.
     """
+    if session is not None:
+        return _with_retries(endpoint, api_key, session, settings)
+    with requests.Session() as private:
+        private.trust_env = settings.trust_env
+        return _with_retries(endpoint, api_key, private, settings)
+
+
+def _with_retries(
+    endpoint: TokenEndpoint, api_key: str, session: requests.Session, settings: SendSettings
+) -> Token:
     slept = 0.0
     attempt = 0
     while True:
         try:
-            return _attempt(endpoint, api_key, session)
+            return _attempt(endpoint, api_key, session, settings)
         except TokenRequestError as error:
             delay = _retry_delay(error, attempt)
             if not _is_transient(error):
@@ -91,17 +161,23 @@ def fetch_token(endpoint: TokenEndpoint, api_key: str, session: requests.Session
             _clock.sleep(delay)
 
 
-def _attempt(endpoint: TokenEndpoint, api_key: str, session: requests.Session) -> Token:
+def _attempt(
+    endpoint: TokenEndpoint, api_key: str, session: requests.Session, settings: SendSettings
+) -> Token:
     log.debug("requesting a token from %s", endpoint.safe_url)
+    request = requests.Request(
+        "POST", endpoint.url, json={"apiKey": api_key}, headers=TOKEN_REQUEST_HEADERS, auth=_no_auth
+    )
     try:
-        response = session.post(
-            endpoint.url,
-            json={"apiKey": api_key},
-            headers={"Accept": "application/json"},
+        prepared = session.prepare_request(request)
+        response = session.send(
+            prepared,
             timeout=endpoint.timeout,
             allow_redirects=False,  # never carry the key to wherever a redirect points
-            auth=_no_auth,
+            **settings.send_options(session, endpoint.url),
         )
+    except requests.exceptions.SSLError as exc:
+        raise TokenRequestError(_tls_failure(endpoint, exc)) from exc
     except requests.Timeout as exc:
         raise TokenRequestError(f"token request to {endpoint.safe_url} timed out") from exc
     except requests.RequestException as exc:
@@ -110,6 +186,20 @@ def _attempt(endpoint: TokenEndpoint, api_key: str, session: requests.Session) -
         ) from exc
     with response:
         return _token_from(response, endpoint, api_key)
+
+
+_TLS_REASON = re.compile(r"certificate verify failed: ([^'\"()]+)|\[SSL: ([A-Z_]+)\]")
+
+
+def _tls_failure(endpoint: TokenEndpoint, error: requests.exceptions.SSLError) -> str:
+    """What went wrong with TLS, and the three ways to trust a corporate CA."""
+    found = _TLS_REASON.search(str(error))
+    reason = (found.group(1) or found.group(2)).strip() if found else type(error).__name__
+    return (
+        f"TLS error on the token request to {endpoint.safe_url}: {reason}. If a proxy or"
+        " gateway inspects TLS, trust its CA: OpsNowAuth(verify='/path/to/ca.pem'),"
+        " REQUESTS_CA_BUNDLE=/path/to/ca.pem, or OpsNowSession().verify = '/path/to/ca.pem'"
+    )
 
 
 def _token_from(response: requests.Response, endpoint: TokenEndpoint, api_key: str) -> Token:
@@ -165,9 +255,11 @@ def _server_error(payload: dict[str, Any], api_key: str) -> str:
 
 
 def _is_transient(error: TokenRequestError) -> bool:
-    """Connection failures, timeouts, 429 and 5xx may succeed on a later attempt."""
+    """Connection failures, timeouts, 429 and 5xx may succeed on a later attempt; TLS errors not."""
     response = error.response
-    return response is None or response.status_code == 429 or response.status_code >= 500
+    if response is None:
+        return not isinstance(error.__cause__, requests.exceptions.SSLError)
+    return response.status_code == 429 or response.status_code >= 500
 
 
 def _retry_delay(error: TokenRequestError, attempt: int) -> float:

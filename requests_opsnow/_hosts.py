@@ -18,9 +18,10 @@ _DECISION_CACHE_SIZE = 256
 
 
 class Decision(enum.Enum):
-    ATTACH = "attach"
-    SKIP = "skip"
-    REFUSE = "refuse"
+    ATTACH = "attach"  # a trusted host over https
+    ATTACH_CLEARTEXT = "attach over plain http"  # a trusted loopback host: check the next hop
+    SKIP = "skip"  # not a host of ours: the request passes untouched
+    REFUSE = "refuse"  # a trusted host over plain http, not loopback: never
 
 
 def safe_url(url: str) -> str:
@@ -114,6 +115,16 @@ class HostPolicy:
     def _decide(self, scheme: str, host: str) -> Decision:
         if not self.trusts(host):
             return Decision.SKIP
-        if scheme == "https" or (scheme == "http" and is_loopback(host)):
+        if scheme == "https":
             return Decision.ATTACH
+        if scheme == "http" and is_loopback(host):
+            return Decision.ATTACH_CLEARTEXT
         return Decision.REFUSE
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment (``HTTP_PROXY``, ``NO_PROXY``...) would send ``url`` to, if any."""
+    from requests.utils import get_environ_proxies, select_proxy
+
+    proxy: str | None = select_proxy(url, get_environ_proxies(url))
+    return proxy

@@ -1,4 +1,4 @@
-"""Resending a request once after a 401, with the body rules of SPEC B5.
+"""Resending a request once after a 401, with the body rules of ``docs/design.md`` ("Bodies").
 
 bytes, str, form and JSON bodies are resent as they were; a file body is
 rewound to where it stood when the request was prepared; anything that cannot
@@ -8,12 +8,17 @@ be rewound (generator, iterator, MultipartEncoder, pipe) is never resent.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol
+import sys
+import time
+import warnings
+from datetime import timedelta
+from typing import Any, Callable
 
 import requests
 from requests.cookies import extract_cookies_to_jar, get_cookie_header
 
 from ._hosts import safe_url
+from .errors import ReplaySkippedWarning
 
 log = logging.getLogger("requests_opsnow")
 
@@ -21,61 +26,93 @@ _REPLAYED = "_opsnow_replayed"
 """Attribute set on a replayed PreparedRequest: one replay per request, ever."""
 
 
+_INNER_PACKAGES = frozenset({"requests", "requests_opsnow", "requests_toolbelt"})
+"""A warning points at the first frame outside these: the caller's own line."""
+
 _BODY_POSITION = "_body_position"
 """Where requests recorded a stream body's start (``body.tell()``) when preparing."""
 
 
-class _Credential(Protocol):
-    header: str
-
-
 def replay_with(
     response: requests.Response,
-    replacement: Callable[[], _Credential],
+    new_header: Callable[[], str],
+    drop_rejected: Callable[[], None],
     send_options: dict[str, Any],
 ) -> requests.Response:
     """Resend ``response.request`` once with a new token; return the new response.
 
     ``response`` is a 401 to a request that carried our token. It is returned
-    unchanged when the request was already a replay or its body cannot be
-    resent; otherwise it is read, closed and put in the new response's history.
+    unchanged when the request was already a replay, and when the request
+    cannot be resent (then ``drop_rejected()`` forgets the rejected token, so
+    the next request fetches a new one, and a :class:`ReplaySkippedWarning`
+    says why). Otherwise it is read, closed and put in the new response's
+    history. ``new_header()`` gives the ``Authorization`` value to resend with.
+
+    The request the caller (or a mocking library) holds is never changed: the
+    replay is a copy. A redirect of the replay is followed by requests from the
+    original request, so it carries the old token once more and is replayed
+    in turn, without a new fetch: one extra round trip on a rare path.
     """
     request = response.request
     if getattr(request, _REPLAYED, False):
         log.debug("401 to a replayed request; returning it")
         return response
-    problem = unreplayable_body(request)
-    if problem:
-        log.warning("not replaying %s after a 401: %s", _describe(request), problem)
+    ready = _ready_to_resend(response)
+    if isinstance(ready, str):
+        _skip(request, ready, drop_rejected)
         return response
+    retry, connection = ready
+    retry.headers["Authorization"] = new_header()
+    setattr(retry, _REPLAYED, True)
+    log.debug("replaying %s once with a new token", _describe(request))
+    started = time.perf_counter()
+    new_response: requests.Response = connection.send(retry, **send_options)
+    new_response.elapsed = timedelta(seconds=time.perf_counter() - started)
+    new_response.history.append(response)
+    new_response.request = retry
+    return new_response
+
+
+def _ready_to_resend(response: requests.Response) -> tuple[requests.PreparedRequest, Any] | str:
+    """A copy of the request, rewound, and the adapter to send it on; or why it cannot be."""
+    request = response.request
+    problem = unreplayable_body(request)
+    if problem is not None:
+        return problem
     connection = getattr(response, "connection", None)
     if connection is None:
-        log.warning("not replaying %s after a 401: no connection to send it on", _describe(request))
-        return response
+        return "there is no connection to send it on"
     # Release the 401's connection first: with a one-connection pool the replay needs it.
     response.content  # noqa: B018
     response.close()
     try:
-        retry = _copy_for_replay(request, response)
+        return _copy_for_replay(request, response), connection
     except OSError as exc:
-        log.warning(
-            "not replaying %s after a 401: rewinding its body failed (%s)",
-            _describe(request),
-            type(exc).__name__,
-        )
-        return response
-    credential = replacement()
-    retry.headers["Authorization"] = credential.header
-    setattr(retry, _REPLAYED, True)
-    # requests follows a redirect of the replay by copying the original request:
-    # give it the new token, and keep what was really sent on the 401.
-    response.request = request.copy()
-    request.headers["Authorization"] = credential.header
-    log.debug("replaying %s once with a new token", _describe(request))
-    new_response: requests.Response = connection.send(retry, **send_options)
-    new_response.history.append(response)
-    new_response.request = retry
-    return new_response
+        return f"rewinding its body failed ({type(exc).__name__})"
+
+
+def _skip(
+    request: requests.PreparedRequest, problem: str, drop_rejected: Callable[[], None]
+) -> None:
+    drop_rejected()
+    message = (
+        f"not replaying {_describe(request)} after a 401: {problem}; the 401 is returned,"
+        " and the next request gets a new token"
+    )
+    log.warning("%s", message)
+    warnings.warn(message, ReplaySkippedWarning, stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside requests and this package."""
+    frame = sys._getframe(2)  # the caller of _skip, which is level 2 for warnings.warn
+    level = 2
+    while frame.f_back is not None and (
+        str(frame.f_globals.get("__name__", "")).partition(".")[0] in _INNER_PACKAGES
+    ):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def unreplayable_body(request: requests.PreparedRequest) -> str | None:

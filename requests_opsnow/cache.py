@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol, runtime_checkable
 
-from . import _forksafe
+from ._runtime import RuntimeState
 from ._token import Token
 
 __all__ = ["MemoryTokenCache", "TokenCache", "cache_key"]
@@ -42,26 +42,26 @@ class TokenCache(Protocol):
         """Held around "look in the cache, else fetch and store" for ``key``."""
 
 
-class MemoryTokenCache:
-    """The default store: a dict in this process. Copies and pickles start empty."""
+class MemoryTokenCache(RuntimeState):
+    """A dict in this process. Copies and pickles start empty.
+
+    Auths need none by default (their shared token lifecycle keeps the token in
+    memory); the file and Redis stores use one as their fallback.
+    """
+
+    _runtime_fields = ("_tokens", "_guard", "_key_locks")
+    _kept_across_fork = ("_tokens",)
 
     def __init__(self) -> None:
+        self._start_runtime()
+
+    def _new_runtime_state(self) -> None:
         self._tokens: dict[str, Token] = {}
-        self._reset_after_fork()
-        _forksafe.register(self)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-    def _reset_after_fork(self) -> None:
         self._guard = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
 
-    def __getstate__(self) -> dict[str, object]:
-        return {}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__init__()  # type: ignore[misc]
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
     def get(self, key: str) -> Token | None:
         return self._tokens.get(key)

@@ -1,4 +1,4 @@
-"""The exception hierarchy.
+"""The exception hierarchy, and the one warning.
 
 Everything raised by this package derives from :class:`OpsNowAuthError`, which
 derives from :class:`requests.RequestException`, so an existing
@@ -13,6 +13,7 @@ __all__ = [
     "InvalidApiKeyError",
     "OpsNowAPIError",
     "OpsNowAuthError",
+    "ReplaySkippedWarning",
     "TokenRequestError",
     "TokenResponseError",
 ]
@@ -61,3 +62,12 @@ class OpsNowAPIError(OpsNowAuthError, requests.HTTPError):
         super().__init__(text, response=response)
         self.code = code
         self.message = message
+
+
+class ReplaySkippedWarning(UserWarning):
+    """A request that got a 401 was not resent, because its body cannot be sent again.
+
+    The 401 response is returned as it is, and the rejected token is dropped, so
+    the next request fetches a new one. A warning (shown on stderr by default)
+    as well as a log record, so that a script with no logging set up sees it.
+    """

@@ -23,7 +23,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import _clock, _forksafe
+from . import _clock
+from ._runtime import RuntimeState
 from ._token import Token, token_from_record, token_to_record
 from .cache import MemoryTokenCache
 
@@ -56,7 +57,7 @@ def default_cache_dir() -> Path | None:
         return None
 
 
-class FileTokenCache:
+class FileTokenCache(RuntimeState):
     """A :class:`~requests_opsnow.TokenCache` in files, shared across processes.
 
     Nothing touches the disk until the first token is fetched.
@@ -67,23 +68,19 @@ class FileTokenCache:
     ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.lock_timeout = lock_timeout
-        self._memory = MemoryTokenCache()
-        self._reset_after_fork()
-        _forksafe.register(self)
+        self._start_runtime()
 
-    def _reset_after_fork(self) -> None:
+    _runtime_fields = ("_memory", "_guard", "_file_locks", "_degraded")
+    _kept_across_fork = ("_memory", "_degraded")
+
+    def _new_runtime_state(self) -> None:
+        self._memory = MemoryTokenCache()  # where tokens go when the folder fails us
         self._guard = threading.Lock()
         self._file_locks: dict[str, Any] = {}
         self._degraded = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.directory)!r})"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"directory": self.directory, "lock_timeout": self.lock_timeout}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["directory"], lock_timeout=state["lock_timeout"])  # type: ignore[misc]
 
     # -- the TokenCache protocol ------------------------------------------------------
 

@@ -33,7 +33,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "RedisTokenCache needs redis-py: pip install 'requests-opsnow[redis]'"
     ) from exc
 
-from . import _clock, _forksafe
+from . import _clock
+from ._runtime import RuntimeState
 from ._token import Token, token_from_record, token_to_record
 from .cache import MemoryTokenCache
 
@@ -80,7 +81,7 @@ _CONNECTION_SETTINGS = frozenset(
 _FAILED = object()
 
 
-class RedisTokenCache:
+class RedisTokenCache(RuntimeState):
     """A :class:`~requests_opsnow.TokenCache` in Redis, shared by every host using it."""
 
     def __init__(
@@ -96,10 +97,11 @@ class RedisTokenCache:
         self._redis = _without_retries(client)
         self._local = MemoryTokenCache()
         self._delete_if_equal = self._redis.register_script(_DELETE_IF_EQUAL)
-        self._reset_after_fork()
-        _forksafe.register(self)
+        self._start_runtime()
 
-    def _reset_after_fork(self) -> None:
+    _runtime_fields = ("_state_lock", "_outage", "_pause", "_probe_at")
+
+    def _new_runtime_state(self) -> None:
         self._state_lock = threading.Lock()
         self._outage = False
         self._pause = 0.0

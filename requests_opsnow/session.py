@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
@@ -215,6 +216,9 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         base_url: str | None = None,
         auth: OpsNowAuth | None = None,
         retries: int | Retry | None = None,
+        verify: bool | str | None = None,
+        cert: str | tuple[str, str] | None = None,
+        proxies: Mapping[str, str] | None = None,
         **auth_options: Any,
     ) -> None:
         if auth is not None and (api_key is not None or auth_options):
@@ -229,8 +233,45 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         self._own_auth = own_auth
         self.timeout: float | tuple[float, float] | None = DEFAULT_TIMEOUT
         self.headers["User-Agent"] = USER_AGENT
+        if verify is not None:
+            self.verify = verify
+        if cert is not None:
+            self.cert = cert
+        if proxies is not None:
+            self.proxies.update(proxies)
         self.mount("https://", _RetryingAdapter(retry))
         self.mount("http://", _RetryingAdapter(retry))
+        self._share_settings_with_own_auth()
+
+    def _share_settings_with_own_auth(self) -> None:
+        # The auth this session built sends its token requests with this session's
+        # verify, cert, proxies and trust_env, as they are at each fetch.
+        if self._own_auth is not None:
+            self._own_auth._follow_session_settings(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._share_settings_with_own_auth()
+
+    def rebuild_auth(
+        self, prepared_request: requests.PreparedRequest, response: requests.Response
+    ) -> None:
+        """As requests does on a redirect, except that ``.netrc`` never replaces our token.
+
+        requests strips ``Authorization`` on a cross-origin redirect, then adds
+        ``.netrc`` credentials for the new host. For a host that receives the
+        OpsNow token, the token is the credential: netrc Basic auth would
+        replace it (on a same-host redirect too).
+        """
+        auth = self.auth
+        if isinstance(auth, OpsNowAuth) and auth.trusts(prepared_request.url or ""):
+            headers = prepared_request.headers
+            if "Authorization" in headers and self.should_strip_auth(
+                response.request.url, prepared_request.url
+            ):
+                del headers["Authorization"]
+            return
+        super().rebuild_auth(prepared_request, response)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"

@@ -215,6 +215,12 @@ class FakeOpsNow:
             return list(self._token_log)
 
     @property
+    def open_connections(self) -> int:
+        """Client connections open right now (keep-alive ones included)."""
+        server = self._server
+        return server.connection_count() if server is not None else 0
+
+    @property
     def issued_tokens(self) -> list[str]:
         with self._lock:
             return list(self._issued)
@@ -498,6 +504,10 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], OSError):
             super().handle_error(request, client_address)
+
+    def connection_count(self) -> int:
+        with self._conn_lock:
+            return len(self._conns)
 
     def drop_connections(self) -> None:
         """Shut down every open client connection, waking handlers blocked on it."""

@@ -16,7 +16,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder
 
-from requests_opsnow import OpsNowAuth, OpsNowAuthError
+from requests_opsnow import OpsNowAuth, OpsNowAuthError, ReplaySkippedWarning
 from requests_opsnow.testing import FakeOpsNow, RecordedRequest
 
 from .conftest import FakeClock
@@ -320,7 +320,7 @@ def _pipe_body() -> Any:
     [_generator_body, lambda: iter([b"a", b"b"]), _multipart_body, _pipe_body],
     ids=["generator", "iterator", "MultipartEncoder", "pipe"],
 )
-def test_unrewindable_body_is_never_resent(
+def test_unrewindable_body_is_never_resent_and_its_dead_token_is_dropped(
     fake: FakeOpsNow,
     make_auth: MakeAuth,
     session: requests.Session,
@@ -330,19 +330,34 @@ def test_unrewindable_body_is_never_resent(
     session.auth = make_auth()
     session.get(fake.base_url + COMPANIES)
     fake.revoke_tokens()
-    body = make_body()
-    headers = {"Content-Type": body.content_type} if isinstance(body, MultipartEncoder) else {}
-    with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
-        response = session.post(fake.base_url + "/test/echo", data=body, headers=headers)
-    if hasattr(body, "close"):
-        body.close()
 
+    def upload() -> requests.Response:
+        body = make_body()
+        headers = {"Content-Type": body.content_type} if isinstance(body, MultipartEncoder) else {}
+        try:
+            return session.post(fake.base_url + "/test/echo", data=body, headers=headers)
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+    with (
+        caplog.at_level(logging.WARNING, logger="requests_opsnow"),
+        pytest.warns(ReplaySkippedWarning, match="cannot be rewound") as warned,
+    ):
+        response = upload()
     assert response.status_code == 401
     assert not response.history
     assert [r.path for r in fake.api_requests] == [COMPANIES, "/test/echo"]
     assert fake.api_requests[-1].body  # the one request sent had its whole body
     assert fake.token_requests == 1
     assert "cannot be rewound" in caplog.text
+    assert warned[0].filename == __file__  # it points at the caller's line, not at requests
+
+    again = upload()  # the rejected token was dropped: this one gets a new token at once
+    assert again.status_code == 200
+    assert not again.history
+    assert fake.token_requests == 2
+    assert bearer(fake.api_requests[-1]) == fake.issued_tokens[-1]
 
 
 # -- B6 where the token may go --------------------------------------------------------

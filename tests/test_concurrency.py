@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from requests_opsnow import OpsNowAuth, TokenRequestError
-from requests_opsnow.auth import EARLY_RETRY_DELAY
+from requests_opsnow._lifecycle import EARLY_RETRY_DELAY
 from requests_opsnow.testing import FakeOpsNow
 
 from .conftest import FakeClock

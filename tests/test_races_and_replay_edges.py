@@ -164,30 +164,33 @@ def redirect_fake() -> Iterator[FakeOpsNow]:
         yield server
 
 
-def test_redirect_after_a_replay_does_not_carry_the_rejected_token(
+def test_redirect_after_a_replay_ends_with_the_new_token_without_a_new_fetch(
     redirect_fake: FakeOpsNow,
 ) -> None:
     fake = redirect_fake
     auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
-    try:
-        with requests.Session() as s:
-            s.auth = auth
-            s.get(fake.base_url + COMPANIES)
-            fake.revoke_tokens()
-            response = s.get(fake.base_url + "/test/echo", params={"then": COMPANIES})
-    finally:
-        auth.close()
+    with requests.Session() as s:
+        s.auth = auth
+        s.get(fake.base_url + COMPANIES)
+        fake.revoke_tokens()
+        sent = s.prepare_request(
+            requests.Request("GET", fake.base_url + "/test/echo", params={"then": COMPANIES})
+        )
+        response = s.send(sent, timeout=10)
 
     assert response.status_code == 200
+    assert fake.token_requests == 2
     revoked, new = fake.issued_tokens
     hops = fake.api_requests[1:]
-    # 401 with the revoked token, the replay (302), the redirected GET with the new token.
-    # Not the revoked token on the redirected GET, which would mean a second replay.
+    # requests follows the replay's redirect from the caller's request, which keeps the
+    # token it was sent with: that hop gets a 401 and is replayed with the new token.
     assert [(r.path, bearer(r)) for r in hops] == [
         ("/test/echo", revoked),
         ("/test/echo", new),
+        (COMPANIES, revoked),
         (COMPANIES, new),
     ]
+    assert sent.headers["Authorization"] == f"Bearer {revoked}"  # the caller's object: as sent
 
 
 # -- host matching ---------------------------------------------------------------------

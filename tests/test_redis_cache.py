@@ -280,7 +280,7 @@ def test_workers_get_copies_of_an_auth_and_session_holding_a_redis_cache(
             assert copied_auth.get_token() == fake.issued_tokens[0]  # shared through Redis
         finally:
             copied_auth.close()
-            copied_auth._cache.close()  # the copy's own cache connections
+            copied_auth._store.close()  # the copy's own cache connections
             if isinstance(made, requests.Session):
                 made.close()
     assert fake.token_requests == 1

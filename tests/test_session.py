@@ -30,6 +30,7 @@ from requests_opsnow.session import (
 from requests_opsnow.testing import FakeOpsNow
 
 from .conftest import FakeClock
+from .test_auth_wire import wait_until
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -135,7 +136,7 @@ def test_a_session_built_from_a_key_works_and_closes_its_auth(fake: FakeOpsNow) 
     assert isinstance(s.auth, OpsNowAuth)
     assert s.get(COMPANIES).status_code == 200
     s.close()
-    assert s.auth._own_session is None  # closed with the session
+    assert wait_until(lambda: fake.open_connections == 0)  # nothing left open
 
 
 def test_options_are_checked() -> None:
