@@ -108,45 +108,56 @@ def host_list(allowed_hosts: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(allowed_hosts)
 
 
-_stores_from_environment: dict[str, TokenCache | None] = {}
+_stores_from_environment: dict[str, TokenCache] = {}
 _stores_lock = threading.Lock()
 
 
 def resolve_store(cache: TokenCache | None) -> TokenCache | None:
     """``cache``, else the store ``OPSNOW_TOKEN_CACHE`` names; None is the process's memory.
 
-    One store object per value of the variable, so that auths built per call
-    share one token lifecycle.
+    One store object per place (folder or Redis URL), so that auths built per
+    call share one token lifecycle.
     """
     if cache is not None:
         return cache
     spec = os.environ.get(TOKEN_CACHE_ENV, "").strip()
     if spec in ("", "memory"):
         return None
+    place = _place(spec)
     with _stores_lock:
-        if spec not in _stores_from_environment:
-            _stores_from_environment[spec] = _store_for(spec)
-        return _stores_from_environment[spec]
+        store = _stores_from_environment.get(place)
+        if store is None:
+            store = _stores_from_environment[place] = _store_at(place)
+        return store
 
 
-def _store_for(spec: str) -> TokenCache:
-    if spec == "file" or spec.startswith("file:"):
-        from .filecache import FileTokenCache
-
-        folder = spec[len("file:") :] if spec.startswith("file:") else ""
-        if spec.startswith("file:") and not os.path.isabs(folder):
-            raise ValueError(
-                f"{TOKEN_CACHE_ENV}=file:FOLDER needs an absolute folder, got {folder!r}"
-            )
-        return FileTokenCache(folder or None)
-    if spec.startswith(("redis://", "rediss://")):
-        return _redis_store(spec)
+def _place(spec: str) -> str:
+    """``file:/folder`` (the default folder resolved now) or a Redis URL; else ValueError."""
     from ._hosts import safe_url
 
+    if spec == "file":
+        from .filecache import default_cache_dir
+
+        folder = default_cache_dir()  # None (no home): FileTokenCache warns, keeps to memory
+        return f"file:{folder or ''}"
+    if spec.startswith("file:"):
+        if not os.path.isabs(spec[len("file:") :]):
+            raise ValueError(f"{TOKEN_CACHE_ENV}=file:FOLDER needs an absolute folder: {spec!r}")
+        return spec
+    if spec.startswith(("redis://", "rediss://")):
+        return spec
     raise ValueError(
         f"{TOKEN_CACHE_ENV} must be memory, file, file:/folder or a redis:// or rediss://"
         f" URL, got {safe_url(spec)!r}"
     )
+
+
+def _store_at(place: str) -> TokenCache:
+    if place.startswith("file:"):
+        from .filecache import FileTokenCache
+
+        return FileTokenCache(place[len("file:") :] or None)
+    return _redis_store(place)
 
 
 def _redis_store(url: str) -> TokenCache:

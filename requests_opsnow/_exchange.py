@@ -188,13 +188,18 @@ def _attempt(
         return _token_from(response, endpoint, api_key)
 
 
-_TLS_REASON = re.compile(r"certificate verify failed: ([^'\"()]+)|\[SSL: ([A-Z_]+)\]")
+_TLS_REASONS = (
+    re.compile(r"certificate verify failed: [^'\"()]+"),
+    re.compile(r"\[SSL: ([A-Z_]+)\]"),
+)
+"""What OpenSSL said, most readable first: the verification failure, else its error code."""
 
 
 def _tls_failure(endpoint: TokenEndpoint, error: requests.exceptions.SSLError) -> str:
     """What went wrong with TLS, and the three ways to trust a corporate CA."""
-    found = _TLS_REASON.search(str(error))
-    reason = (found.group(1) or found.group(2)).strip() if found else type(error).__name__
+    text = str(error)
+    found = next((match for match in (p.search(text) for p in _TLS_REASONS) if match), None)
+    reason = found.group(found.lastindex or 0).strip() if found else type(error).__name__
     return (
         f"TLS error on the token request to {endpoint.safe_url}: {reason}. If a proxy or"
         " gateway inspects TLS, trust its CA: OpsNowAuth(verify='/path/to/ca.pem'),"

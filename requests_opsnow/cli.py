@@ -15,15 +15,17 @@ import traceback
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 
 from . import __version__
-from ._config import API_KEY_ENV, BASE_URL_ENV, REGIONS, base_url_for_region
+from ._config import API_KEY_ENV, BASE_URL_ENV, REGIONS, TOKEN_CACHE_ENV, base_url_for_region
 from .errors import OpsNowAuthError
 
 if TYPE_CHECKING:
     from .auth import OpsNowAuth
+    from .cache import TokenCache
     from .session import OpsNowSession
 
 EXIT_OK, EXIT_API_ERROR, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
@@ -65,7 +67,7 @@ def _report(error: Exception, *, debug: bool) -> int:
 
 
 def _exit_code(error: Exception) -> int:
-    if isinstance(error, (UsageError, ValueError)):
+    if isinstance(error, (UsageError, ValueError, ImportError)):
         return EXIT_USAGE
     if isinstance(error, (OpsNowAuthError, MissingKeyError)):
         return EXIT_AUTH
@@ -132,6 +134,8 @@ def _run_fake_server(args: argparse.Namespace) -> int:
         print(f"fake OpsNow server on {fake.base_url} (token lifetime {args.ttl:g} s)")
         print(f"export {BASE_URL_ENV}={fake.base_url}")
         print(f"export {API_KEY_ENV}={fake.api_key}")
+        host = urlsplit(fake.base_url).hostname
+        print(f"export NO_PROXY={host}${{NO_PROXY:+,$NO_PROXY}}  # never through a proxy")
         print("press Ctrl-C to stop", flush=True)
         threading.Event().wait()  # until KeyboardInterrupt
     return EXIT_OK  # pragma: no cover - left by Ctrl-C
@@ -151,12 +155,26 @@ def _base_url(args: argparse.Namespace) -> str | None:
 
 def _auth(args: argparse.Namespace) -> OpsNowAuth:
     from .auth import OpsNowAuth
-    from .filecache import FileTokenCache
 
     if not os.environ.get(API_KEY_ENV, "").strip():
         raise MissingKeyError(f"no OpsNow API key: set {API_KEY_ENV}")
-    cache = None if args.no_cache else FileTokenCache()
-    return OpsNowAuth(base_url=_base_url(args), cache=cache, timeout=args.timeout)
+    return OpsNowAuth(base_url=_base_url(args), cache=_store(args), timeout=args.timeout)
+
+
+def _store(args: argparse.Namespace) -> TokenCache | None:
+    """--no-cache: memory; else the store OPSNOW_TOKEN_CACHE names (None); else the file cache.
+
+    A command runs for a moment: without a store that outlives it, every run
+    would fetch a token.
+    """
+    from .cache import MemoryTokenCache
+    from .filecache import FileTokenCache
+
+    if args.no_cache:
+        return MemoryTokenCache()
+    if os.environ.get(TOKEN_CACHE_ENV, "").strip():
+        return None
+    return FileTokenCache()
 
 
 def _session(args: argparse.Namespace) -> tuple[OpsNowSession, OpsNowAuth]:

@@ -43,6 +43,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.utils import resolve_proxies, select_proxy
 from requests_toolbelt.sessions import BaseUrlSession
 from requests_toolbelt.utils.user_agent import user_agent
 from urllib3.exceptions import InvalidHeader, MaxRetryError, ReadTimeoutError, ResponseError
@@ -53,7 +54,7 @@ from ._config import resolve_base_url
 from ._hosts import safe_url
 from ._replay import unreplayable_body
 from .auth import OpsNowAuth
-from .errors import OpsNowAPIError
+from .errors import OpsNowAPIError, OpsNowAuthError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -253,6 +254,27 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         super().__setstate__(state)
         self._share_settings_with_own_auth()
 
+    def merge_environment_settings(
+        self,
+        url: str | bytes | None,
+        proxies: Mapping[str, str] | None,
+        stream: bool | None,
+        verify: bool | str | None,
+        cert: Any,
+    ) -> dict[str, Any]:
+        """As requests does, except that a CA bundle set on the session beats the environment.
+
+        Plain requests lets ``REQUESTS_CA_BUNDLE`` override ``session.verify``; here
+        ``session.verify = "corp-ca.pem"`` means that file, for the API requests as
+        for the token requests of the session's auth.
+        """
+        if verify is None and self.verify is not True:
+            verify = self.verify
+        settings: dict[str, Any] = super().merge_environment_settings(
+            url, proxies, stream, verify, cert
+        )
+        return settings
+
     def rebuild_auth(
         self, prepared_request: requests.PreparedRequest, response: requests.Response
     ) -> None:
@@ -292,6 +314,7 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         if kwargs.get("timeout") is None:  # requests' own default is to wait forever
             kwargs["timeout"] = self.timeout
+        self._refuse_token_through_a_proxy_in_cleartext(request, kwargs.get("proxies"))
         # Here rather than in a response hook: hooks run before OpsNowAuth's 401
         # replay (and per-request hooks= replace the session's), so the final
         # response would be missed.
@@ -300,6 +323,30 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
             _raise_if_alive, weakref.ref(response)
         )
         return response
+
+    def _refuse_token_through_a_proxy_in_cleartext(
+        self, request: requests.PreparedRequest, proxies: Mapping[str, str] | None
+    ) -> None:
+        """OpsNowAuth sees the environment's proxies; the session also sees its own."""
+        url = request.url or ""
+        auth = self.auth
+        if not (
+            url.startswith("http:")
+            and "Authorization" in request.headers
+            and isinstance(auth, OpsNowAuth)
+            and auth.trusts(url)
+        ):
+            return
+        if proxies is None:
+            proxies = resolve_proxies(request, self.proxies, self.trust_env)
+        proxy = select_proxy(url, dict(proxies))
+        if proxy:
+            raise OpsNowAuthError(
+                f"refusing to send the OpsNow token over plain http to {safe_url(url)} through"
+                f" the proxy {safe_url(proxy)}; keep loopback hosts off the proxy (NO_PROXY),"
+                " or use https",
+                request=request,
+            )
 
     def close(self) -> None:
         super().close()

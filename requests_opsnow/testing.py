@@ -16,9 +16,11 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -29,9 +31,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FakeOpsNow", "RecordedRequest"]
+__all__ = ["FakeOpsNow", "RecordedRequest", "bypass_proxies"]
 
 OAUTH_PATH = "/oauth/token"
+_HANDSHAKE_TIMEOUT = 10.0
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 _COMPANIES = [{"id": "c-1", "name": "Acme"}, {"id": "c-2", "name": "Globex"}]
 
 
@@ -102,6 +106,65 @@ def _basic_password(authorization: str | None) -> str | None:
     return decoded.partition(":")[2]
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+_bypass_lock = threading.Lock()
+_bypass_users: dict[str, tuple[int, list[str]]] = {}
+"""Per host: how many servers need the bypass, and the variables it was added to."""
+
+
+def bypass_proxies(host: str) -> Callable[[], None]:
+    """Keep requests to ``host`` off any proxy the environment names, until the returned
+    function is called.
+
+    With ``HTTP_PROXY`` (or ``HTTPS_PROXY``, ``ALL_PROXY``) set, requests would
+    send even loopback traffic to the proxy, and OpsNowAuth refuses to send a
+    token over plain http through one. So while a fake server runs, its host is
+    added to ``NO_PROXY`` (and ``no_proxy``); nothing changes when no proxy is set.
+    """
+    names = [*_PROXY_VARIABLES, *(name.upper() for name in _PROXY_VARIABLES)]
+    if not any(os.environ.get(name) for name in names):
+        return _nothing
+    with _bypass_lock:
+        users, added = _bypass_users.get(host, (0, []))
+        if not users:
+            added = [name for name in ("no_proxy", "NO_PROXY") if _add_entry(name, host)]
+        _bypass_users[host] = (users + 1, added)
+    return lambda: _release_bypass(host)
+
+
+def _add_entry(name: str, host: str) -> bool:
+    entries = _entries(os.environ.get(name, ""))
+    if host in entries:
+        return False
+    os.environ[name] = ",".join([*entries, host])
+    return True
+
+
+def _release_bypass(host: str) -> None:
+    with _bypass_lock:
+        users, added = _bypass_users.pop(host)
+        if users > 1:
+            _bypass_users[host] = (users - 1, added)
+            return
+        for name in added:
+            entries = [entry for entry in _entries(os.environ.get(name, "")) if entry != host]
+            if entries:
+                os.environ[name] = ",".join(entries)
+            else:
+                os.environ.pop(name, None)
+
+
+def _entries(value: str) -> list[str]:
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
+def _nothing() -> None:
+    pass
+
+
 def _same(given: object, expected: str) -> bool:
     return isinstance(given, str) and secrets.compare_digest(given.encode(), expected.encode())
 
@@ -118,10 +181,13 @@ class FakeOpsNow:
         port: int = 0,
         ttl: float = 3600.0,
         api_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.api_key = api_key if api_key is not None else "fake-key-" + secrets.token_hex(16)
         self.ttl = ttl
         self._address = (host, port)
+        self._ssl_context = ssl_context
+        self._proxy_bypass: Callable[[], None] | None = None
         self._lock = threading.Condition()
         self._closing = threading.Event()
         self._closed = False
@@ -147,9 +213,11 @@ class FakeOpsNow:
         if self._closed:
             raise RuntimeError("FakeOpsNow cannot be restarted after close()")
         if self._server is None:
-            self._server = _Server(self._address, self)
+            self._server = _Server(self._address, self, self._ssl_context)
             host, port = self._server.server_address[:2]
-            self._base_url = f"http://{host!s}:{port}"
+            scheme = "https" if self._ssl_context is not None else "http"
+            self._base_url = f"{scheme}://{_url_host(str(host))}:{port}"
+            self._proxy_bypass = bypass_proxies(str(host))
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
                 kwargs={"poll_interval": 0.05},
@@ -166,6 +234,8 @@ class FakeOpsNow:
                 return
             self._closed = True
         server, self._server = self._server, None
+        if self._proxy_bypass is not None:
+            self._proxy_bypass()
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -219,6 +289,12 @@ class FakeOpsNow:
         """Client connections open right now (keep-alive ones included)."""
         server = self._server
         return server.connection_count() if server is not None else 0
+
+    @property
+    def accepted_connections(self) -> int:
+        """Client connections accepted so far (with TLS: including failed handshakes)."""
+        server = self._server
+        return server.accepted if server is not None else 0
 
     @property
     def issued_tokens(self) -> list[str]:
@@ -464,8 +540,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], fake: FakeOpsNow) -> None:
+    def __init__(
+        self, address: tuple[str, int], fake: FakeOpsNow, ssl_context: ssl.SSLContext | None
+    ) -> None:
         self.fake = fake
+        self.ssl_context = ssl_context
+        self.accepted = 0
         self._conn_lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._handlers: set[threading.Thread] = set()
@@ -477,6 +557,18 @@ class _Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), int(port)
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        if self.ssl_context is None:
+            return conn, address
+        # The handshake happens on the handler's first read, in its own thread,
+        # so one slow client cannot hold up the accept loop.
+        conn.settimeout(_HANDSHAKE_TIMEOUT)
+        wrapped = self.ssl_context.wrap_socket(
+            conn, server_side=True, do_handshake_on_connect=False
+        )
+        return wrapped, address
+
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(
             target=self._serve_connection,
@@ -485,6 +577,7 @@ class _Server(ThreadingHTTPServer):
             daemon=True,
         )
         with self._conn_lock:
+            self.accepted += 1
             self._conns.add(request)
             self._handlers.add(thread)
         thread.start()

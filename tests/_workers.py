@@ -74,3 +74,15 @@ def hold_redis_lock(redis_url: str, prefix: str, key: str) -> None:
         sys.stdout.write("locked\n")
         sys.stdout.flush()
         time.sleep(600)
+
+
+def get_with_the_environments_cache(barrier: Any, url: str) -> int:
+    """A legacy script: ``requests.get(url, auth=OpsNowAuth())``, configured by the environment
+    (OPSNOW_API_KEY, OPSNOW_BASE_URL, OPSNOW_TOKEN_CACHE), started with the others."""
+    import requests
+
+    from requests_opsnow import OpsNowAuth
+
+    auth = OpsNowAuth()
+    barrier.wait(timeout=30)
+    return requests.get(url, auth=auth, timeout=30).status_code

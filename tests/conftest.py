@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import requests
+import trustme
 
 from requests_opsnow import OpsNowAuth, _clock
 from requests_opsnow.testing import FakeOpsNow
@@ -25,6 +31,10 @@ def _clean_environment(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     for name in (
+        "REQUESTS_CA_BUNDLE",  # requests prefers it to session.verify: tests set their own
+        "CURL_CA_BUNDLE",
+        "NO_PROXY",
+        "no_proxy",
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "ALL_PROXY",
@@ -48,6 +58,28 @@ def other_host() -> Iterator[FakeOpsNow]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A private CA, as a corporate TLS-inspecting proxy has."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "corp-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def tls_fake(ca: trustme.CA) -> Iterator[FakeOpsNow]:
+    """FakeOpsNow over https, with a certificate from ``ca``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    with FakeOpsNow(ssl_context=context) as server:
+        yield server
+
+
 @pytest.fixture
 def make_auth(fake: FakeOpsNow) -> Iterator[Callable[..., OpsNowAuth]]:
     """Build OpsNowAuth objects pointed at ``fake``; their sessions are closed after the test."""
@@ -63,6 +95,37 @@ def make_auth(fake: FakeOpsNow) -> Iterator[Callable[..., OpsNowAuth]]:
     yield factory
     for auth in made:
         auth.close()
+
+
+class Cli:
+    """Runs ``python -m requests_opsnow`` as a real subprocess, pointed at ``fake``."""
+
+    def __init__(self, fake: FakeOpsNow, home: Path) -> None:
+        self.fake = fake
+        self.cache_home = home / "xdg"
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(home),
+            "XDG_CACHE_HOME": str(self.cache_home),
+            "OPSNOW_API_KEY": fake.api_key,
+            "OPSNOW_BASE_URL": fake.base_url,
+            "PYTHONPATH": os.pathsep.join(sys.path),
+        }
+
+    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {**self.env, **env}
+        for name, value in env.items():
+            if value == "":
+                environment.pop(name)
+        return subprocess.run(
+            [sys.executable, "-m", "requests_opsnow", *args],
+            env=environment, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def cli(fake: FakeOpsNow, tmp_path: Path) -> Cli:
+    return Cli(fake, tmp_path)
 
 
 @pytest.fixture

@@ -15,36 +15,9 @@ import requests
 
 from requests_opsnow.testing import FakeOpsNow
 
+from .conftest import Cli
+
 pytestmark = pytest.mark.timeout(60)
-
-
-class Cli:
-    def __init__(self, fake: FakeOpsNow, home: Path) -> None:
-        self.fake = fake
-        self.cache_home = home / "xdg"
-        self.env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": str(home),
-            "XDG_CACHE_HOME": str(self.cache_home),
-            "OPSNOW_API_KEY": fake.api_key,
-            "OPSNOW_BASE_URL": fake.base_url,
-            "PYTHONPATH": os.pathsep.join(sys.path),
-        }
-
-    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        environment = {**self.env, **env}
-        for name, value in env.items():
-            if value == "":
-                environment.pop(name)
-        return subprocess.run(
-            [sys.executable, "-m", "requests_opsnow", *args],
-            env=environment, capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-
-
-@pytest.fixture
-def cli(fake: FakeOpsNow, tmp_path: Path) -> Cli:
-    return Cli(fake, tmp_path)
 
 
 def one_line(text: str) -> str:

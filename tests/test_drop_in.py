@@ -8,6 +8,7 @@ and the memory that costs stays bounded however many auths and keys pass by.
 from __future__ import annotations
 
 import gc
+import secrets
 import threading
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,7 @@ def _token_for_every_key(rsps: responses.RequestsMock) -> None:
 
 
 def _use_keys(prefix: str, count: int) -> None:
+    prefix += secrets.token_hex(4)
     for number in range(count):
         OpsNowAuth(f"{prefix}-{number}").get_token()
 
@@ -147,12 +149,13 @@ def test_memory_stays_bounded_however_many_keys_pass_through() -> None:
 def test_a_live_auth_keeps_its_token_while_many_other_keys_pass_through() -> None:
     with responses.RequestsMock() as rsps:
         _token_for_every_key(rsps)
-        kept = OpsNowAuth("kept-key")
+        kept_key = "kept-key-" + secrets.token_hex(8)  # tokens are shared per key in a process
+        kept = OpsNowAuth(kept_key)
         kept.get_token()
         _use_keys("passing", 3 * REMEMBERED_LIFECYCLES)
         kept.get_token()
-        OpsNowAuth("kept-key").get_token()  # a new auth finds the live one's token
+        OpsNowAuth(kept_key).get_token()  # a new auth finds the live one's token
         fetched_for_kept = [
-            call for call in rsps.calls if b"kept-key" in (call.request.body or b"")
+            call for call in rsps.calls if kept_key.encode() in (call.request.body or b"")
         ]
     assert len(fetched_for_kept) == 1

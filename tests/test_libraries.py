@@ -1,0 +1,181 @@
+"""OpsNowAuth beside the libraries people pair with requests, installed for real.
+
+Mocking libraries record the request objects they were given; response caches
+and process pools pickle responses; HTTP caches would happily store a token
+POST. Each of these is exercised here with the real library.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import secrets
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+import requests_cache
+import requests_mock
+import responses
+from requests_futures.sessions import FuturesSession
+
+from requests_opsnow import OpsNowAuth, OpsNowSession
+from requests_opsnow.testing import FakeOpsNow
+
+from .test_auth_wire import COMPANIES
+
+pytestmark = pytest.mark.timeout(60)
+
+API = "https://api.opsnow360.io"
+MOCK_TOKEN_URL = API + "/platform/v2/identity/api-keys/token"
+
+
+@pytest.fixture
+def key() -> str:
+    """A key of its own: tokens are shared per key across a process, so across tests too."""
+    return "mock-key-" + secrets.token_hex(8)
+
+
+def _token_body(token: str) -> dict[str, object]:
+    return {"status": "success", "data": {"accessToken": token, "expiresIn": 3600}}
+
+
+# -- mocking libraries see what was really sent ---------------------------------------------
+
+
+def test_responses_call_log_keeps_the_token_each_request_was_sent_with(key: str) -> None:
+    with responses.RequestsMock(registry=responses.registries.OrderedRegistry) as rsps:
+        rsps.post(MOCK_TOKEN_URL, json=_token_body("first-token"))
+        rsps.get(API + COMPANIES, status=401)
+        rsps.post(MOCK_TOKEN_URL, json=_token_body("second-token"))
+        rsps.get(API + COMPANIES, json={"status": "success", "data": {}})
+        response = requests.get(API + COMPANIES, auth=OpsNowAuth(key), timeout=10)
+        sent = [call.request.headers.get("Authorization") for call in rsps.calls]
+    assert response.status_code == 200
+    assert [r.status_code for r in response.history] == [401]
+    assert sent == [None, "Bearer first-token", None, "Bearer second-token"]
+
+
+def test_requests_mock_history_keeps_the_token_each_request_was_sent_with(key: str) -> None:
+    with requests_mock.Mocker() as mock:
+        mock.post(
+            MOCK_TOKEN_URL,
+            [{"json": _token_body("first-token")}, {"json": _token_body("second-token")}],
+        )
+        mock.get(API + COMPANIES, [{"status_code": 401}, {"json": {"status": "success"}}])
+        response = requests.get(API + COMPANIES, auth=OpsNowAuth(key), timeout=10)
+        sent = [request.headers.get("Authorization") for request in mock.request_history]
+    assert response.status_code == 200
+    assert sent == [None, "Bearer first-token", None, "Bearer second-token"]
+
+
+# -- an HTTP cache never stores the token request ----------------------------------------------
+
+
+def test_an_http_cache_of_posts_never_serves_or_stores_a_token(
+    fake: FakeOpsNow, tmp_path: Path
+) -> None:
+    database = tmp_path / "http-cache"
+    requests_cache.install_cache(str(database), allowable_methods=("GET", "POST"))
+    try:
+        auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+        assert requests.get(fake.base_url + COMPANIES, auth=auth, timeout=10).ok
+        fake.revoke_tokens()
+        # Another URL (a cached GET would not reach the server), then a refresh.
+        response = requests.get(fake.base_url + "/test/echo", auth=auth, timeout=10)
+    finally:
+        requests_cache.uninstall_cache()
+    assert response.status_code == 200
+    assert [r.status_code for r in response.history] == [401]
+    assert fake.token_requests == 2
+    assert len(set(fake.issued_tokens)) == 2
+    stored = b"".join(path.read_bytes() for path in tmp_path.iterdir())
+    assert fake.api_key.encode() not in stored
+
+
+def test_the_token_request_asks_caches_not_to_store_it(fake: FakeOpsNow) -> None:
+    OpsNowAuth(fake.api_key, base_url=fake.base_url).get_token()
+    (token_request,) = fake.token_request_log
+    assert token_request.header("Cache-Control") == "no-store"
+    assert token_request.header("Pragma") == "no-cache"
+
+
+# -- responses pickle, for process pools and result caches --------------------------------------
+
+
+def _replayed_response(fake: FakeOpsNow) -> requests.Response:
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    with requests.Session() as session:
+        session.get(fake.base_url + COMPANIES, auth=auth, timeout=10)
+        fake.revoke_tokens()
+        return session.get(fake.base_url + COMPANIES, auth=auth, timeout=10)
+
+
+def test_a_replayed_response_and_its_history_pickle_without_the_key(fake: FakeOpsNow) -> None:
+    response = _replayed_response(fake)
+    data = pickle.dumps(response)
+    assert fake.api_key.encode() not in data
+
+    copy = pickle.loads(data)
+    assert copy.status_code == 200
+    assert copy.json() == response.json()
+    assert [r.status_code for r in copy.history] == [401]
+    for hook in copy.request.hooks["response"] + copy.history[0].request.hooks["response"]:
+        assert hook(copy.history[0]) is copy.history[0]  # an unpickled hook does nothing
+    assert fake.token_requests == 2
+
+
+def test_a_replayed_response_times_itself(fake: FakeOpsNow) -> None:
+    response = _replayed_response(fake)
+    assert response.elapsed > timedelta(0)
+    assert response.history[0].elapsed > timedelta(0)
+
+
+def test_requests_futures_with_a_process_pool_returns_responses(fake: FakeOpsNow) -> None:
+    context = multiprocessing.get_context("spawn")
+    with (
+        ProcessPoolExecutor(max_workers=2, mp_context=context) as pool,
+        FuturesSession(executor=pool) as session,
+    ):
+        session.auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+        futures = [session.get(fake.base_url + COMPANIES, timeout=10) for _ in range(4)]
+        responses_back = [future.result(timeout=50) for future in futures]
+    assert [r.status_code for r in responses_back] == [200] * 4
+    assert 1 <= fake.token_requests <= 2  # one per worker process at most
+
+
+# -- .netrc never replaces the token ----------------------------------------------------------
+
+
+@pytest.fixture
+def netrc_for(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake: FakeOpsNow) -> None:
+    path = tmp_path / "netrc"
+    path.write_text("machine 127.0.0.1 login someone password netrc-password\n")
+    path.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(path))
+
+
+@pytest.mark.usefixtures("netrc_for")
+def test_an_opsnow_session_keeps_its_token_across_a_same_host_redirect_despite_netrc(
+    fake: FakeOpsNow,
+) -> None:
+    with OpsNowSession(fake.api_key, base_url=fake.base_url) as session:
+        response = session.get("/test/redirect", params={"to": "/test/echo"})
+    assert response.status_code == 200
+    redirected = fake.api_requests[-1]
+    assert redirected.path == "/test/echo"
+    assert redirected.header("Authorization") == f"Bearer {fake.issued_tokens[0]}"
+
+
+@pytest.mark.usefixtures("netrc_for")
+def test_a_plain_session_lets_netrc_replace_the_token_on_a_redirect(fake: FakeOpsNow) -> None:
+    """requests' own rule, documented in the README: OpsNowSession is the fix."""
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    with requests.Session() as session:
+        response = session.get(
+            fake.base_url + "/test/redirect", params={"to": "/test/echo"}, auth=auth, timeout=10
+        )
+    assert response.status_code == 401
+    assert (fake.api_requests[-1].header("Authorization") or "").startswith("Basic ")
