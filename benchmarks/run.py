@@ -133,6 +133,48 @@ def _overhead(times: dict[str, list[float]]) -> Results:
     }
 
 
+def per_call_construction() -> Results:
+    """``requests.get(url, auth=OpsNowAuth(KEY))`` in a loop, against one shared auth.
+
+    Both on one session with a stubbed transport: the difference is the cost of
+    building an auth (and finding the process's token) on every call.
+    """
+    with requests.Session() as session, requests.Session() as token_session:
+        session.mount("https://", StubAdapter())
+        token_session.mount("https://", StubAdapter())
+        shared = OpsNowAuth("bench-key", session=token_session)
+        session.get(API_URL, auth=shared)
+        times = interleaved(
+            {
+                "static": lambda: session.get(API_URL, auth=shared),
+                "static again": lambda: session.get(API_URL, auth=shared),
+                "opsnow": lambda: session.get(
+                    API_URL, auth=OpsNowAuth("bench-key", session=token_session)
+                ),
+            },
+            rounds=40,
+            per_round=200,
+        )
+    return _overhead(times)
+
+
+def memory_per_auth(count: int = 10_000) -> Results:
+    """Bytes held by each live OpsNowAuth (same key, so one shared token lifecycle)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        auths = [OpsNowAuth("bench-key") for _ in range(count)]
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del auths
+    return {"bytes_per_auth": (after - before) / count}
+
+
 def auth_call_cost() -> Results:
     """Microseconds for ``auth(prepared_request)`` with a cached token."""
     with requests.Session() as token_session:
@@ -388,6 +430,10 @@ def main() -> int:
         results["auth_call"] = auth_call_cost()
     with section("per-request overhead, stubbed transport"):
         results["stubbed"] = stubbed_overhead()
+    with section("an auth built per call vs one shared auth"):
+        results["per_call"] = per_call_construction()
+    with section("memory per auth"):
+        results["memory"] = memory_per_auth()
     with section("per-request overhead, loopback keep-alive"):
         results["loopback"] = loopback_overhead()
     with FakeOpsNow() as fake:
@@ -422,6 +468,10 @@ def report(r: Results, drew: bool) -> str:
         f"  loopback keep-alive: {loopback['static_us']:.1f} us vs {loopback['opsnow_us']:.1f} us"
         f" -> {loopback['overhead_pct']:+.2f}% (noise: static vs itself"
         f" {loopback['noise_pct']:+.2f}%)",
+        f"  an auth built per call vs one shared auth, stubbed:"
+        f" {r['per_call']['static_us']:.1f} us vs {r['per_call']['opsnow_us']:.1f} us"
+        f" -> {r['per_call']['overhead_pct']:+.2f}% (noise {r['per_call']['noise_pct']:+.2f}%)",
+        f"memory per live OpsNowAuth: {r['memory']['bytes_per_auth']:.0f} bytes",
         "token requests, 32 threads starting cold (100 ms token endpoint):",
     ]
     lines += [

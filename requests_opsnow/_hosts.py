@@ -7,7 +7,9 @@ allowed; and only over https, or plain http to a loopback address.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
+import os
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,14 +43,18 @@ def is_loopback(host: str) -> bool:
 
 def check_secure_url(url: str, what: str) -> None:
     """Raise ValueError unless ``url`` is https, or http to a loopback host."""
+    if not _is_secure(url):
+        raise ValueError(
+            f"{what} must be an https:// URL (plain http only to loopback hosts), got {url!r}"
+        )
+
+
+@functools.lru_cache(maxsize=_DECISION_CACHE_SIZE)
+def _is_secure(url: str) -> bool:
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.scheme == "https" and host:
-        return
-    if parts.scheme == "http" and is_loopback(host):
-        return
-    raise ValueError(
-        f"{what} must be an https:// URL (plain http only to loopback hosts), got {url!r}"
+    return (parts.scheme == "https" and bool(host)) or (
+        parts.scheme == "http" and is_loopback(host)
     )
 
 
@@ -76,6 +82,12 @@ def _allowed_host(entry: str) -> str:
     if text.startswith("*."):
         return text.rstrip(".")
     return (urlsplit("//" + text).hostname or "").rstrip(".")
+
+
+@functools.lru_cache(maxsize=_DECISION_CACHE_SIZE)
+def host_policy(trusted_urls: tuple[str, ...], extra_hosts: tuple[str, ...]) -> HostPolicy:
+    """The policy for these URLs and hosts, shared (with its memo) by every auth that uses it."""
+    return HostPolicy(trusted_urls, extra_hosts)
 
 
 class HostPolicy:
@@ -122,9 +134,29 @@ class HostPolicy:
         return Decision.REFUSE
 
 
+_PROXY_VARIABLES = tuple(
+    name
+    for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    for name in (base, base.upper())
+)
+
+
 def environment_proxy(url: str) -> str | None:
-    """The proxy the environment (``HTTP_PROXY``, ``NO_PROXY``...) would send ``url`` to, if any."""
+    """The proxy the environment (``HTTP_PROXY``, ``NO_PROXY``...) would send ``url`` to, if any.
+
+    Asked on every plain-http request to loopback, so remembered per origin and
+    per value of the proxy variables (requests takes a couple of hundred
+    microseconds to work it out).
+    """
+    settings = tuple(os.environ.get(name) for name in _PROXY_VARIABLES)
+    if not any(settings):
+        return None
+    return _proxy_for(_origin(url), settings)
+
+
+@functools.lru_cache(maxsize=_DECISION_CACHE_SIZE)
+def _proxy_for(origin: str, settings: tuple[str | None, ...]) -> str | None:
     from requests.utils import get_environ_proxies, select_proxy
 
-    proxy: str | None = select_proxy(url, get_environ_proxies(url))
+    proxy: str | None = select_proxy(origin, get_environ_proxies(origin))
     return proxy

@@ -39,7 +39,8 @@ class RuntimeState:
     def _start_runtime(self) -> None:
         """Build the runtime state; call at the end of ``__init__``."""
         self._new_runtime_state()
-        _live.add(self)
+        if set(self._runtime_fields) - set(self._kept_across_fork):
+            _live.add(self)  # something to rebuild in a forked child
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -32,7 +32,7 @@ from ._config import (
     resolve_store,
 )
 from ._exchange import SendSettings, TokenEndpoint, fetch_token
-from ._hosts import Decision, HostPolicy, check_secure_url, environment_proxy, safe_url
+from ._hosts import Decision, check_secure_url, environment_proxy, host_policy, safe_url
 from ._lifecycle import HeldToken, TokenLifecycle, lifecycle_for
 from ._replay import replay_with
 from ._runtime import RuntimeState
@@ -51,6 +51,7 @@ class OpsNowAuth(RuntimeState, AuthBase):
     """
 
     _runtime_fields = ("_lifecycle", "_attached", "_fetch", "_settings_session")
+    _kept_across_fork = _runtime_fields  # the lifecycle resets itself in a child
 
     def __init__(
         self,
@@ -77,7 +78,7 @@ class OpsNowAuth(RuntimeState, AuthBase):
         self._endpoint = TokenEndpoint(
             self.token_url, check_timeout(timeout), check_max_retries(max_retries)
         )
-        self._hosts = HostPolicy([self.base_url, self.token_url], host_list(allowed_hosts))
+        self._hosts = host_policy((self.base_url, self.token_url), host_list(allowed_hosts))
         self._store = resolve_store(cache)
         self._session = session
         self._send_settings = SendSettings(verify=verify, cert=cert, proxies=proxies)
