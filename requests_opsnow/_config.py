@@ -8,6 +8,8 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ._runtime import RuntimeState
+
 if TYPE_CHECKING:
     from .cache import TokenCache
 
@@ -108,27 +110,42 @@ def host_list(allowed_hosts: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(allowed_hosts)
 
 
-_stores_from_environment: dict[str, TokenCache] = {}
-_stores_lock = threading.Lock()
-
-
-def resolve_store(cache: TokenCache | None) -> TokenCache | None:
-    """``cache``, else the store ``OPSNOW_TOKEN_CACHE`` names; None is the process's memory.
-
-    One store object per place (folder or Redis URL), so that auths built per
-    call share one token lifecycle.
-    """
-    if cache is not None:
-        return cache
+def store_place_from_environment() -> str | None:
+    """Where ``OPSNOW_TOKEN_CACHE`` keeps tokens (``file:/folder`` or a Redis URL);
+    None for memory. A value that names no place is a ValueError."""
     spec = os.environ.get(TOKEN_CACHE_ENV, "").strip()
     if spec in ("", "memory"):
         return None
-    place = _place(spec)
-    with _stores_lock:
-        store = _stores_from_environment.get(place)
-        if store is None:
-            store = _stores_from_environment[place] = _store_at(place)
-        return store
+    return _place(spec)
+
+
+class _StoresByPlace(RuntimeState):
+    """One store object per place, so that auths built per call share one token lifecycle."""
+
+    _runtime_fields = ("_lock", "_stores")
+    _kept_across_fork = ("_stores",)
+
+    def __init__(self) -> None:
+        self._start_runtime()
+
+    def _new_runtime_state(self) -> None:
+        self._lock = threading.Lock()  # rebuilt in a forked child, like every runtime field
+        self._stores: dict[str, TokenCache] = {}
+
+    def at(self, place: str) -> TokenCache:
+        with self._lock:
+            store = self._stores.get(place)
+            if store is None:
+                store = self._stores[place] = _store_at(place)
+            return store
+
+
+_stores_by_place = _StoresByPlace()
+
+
+def store_at(place: str) -> TokenCache:
+    """The process's store for a place :func:`store_place_from_environment` named."""
+    return _stores_by_place.at(place)
 
 
 def _place(spec: str) -> str:

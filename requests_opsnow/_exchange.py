@@ -6,17 +6,22 @@ the mapping of failures to exceptions. It knows nothing about caching.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
+import socket
 from collections.abc import Mapping
+from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from typing import Any, Union
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from . import _clock
 from ._hosts import safe_url
+from ._lifecycle import Cancellation
 from ._token import Token, parse_token_payload
 from .errors import InvalidApiKeyError, TokenRequestError, TokenResponseError
 
@@ -37,6 +42,16 @@ RETRY_BUDGET = 30.0
 """Total seconds spent sleeping between attempts; past it the last error is raised."""
 
 _MAX_MESSAGE = 200
+
+MAX_RESPONSE_BYTES = 64 * 1024
+"""The largest token response read, after decompression: a token is at most
+``MAX_TOKEN_LENGTH`` characters, so anything this big is not a token response."""
+
+_READ_STEP = 1024
+"""Bytes read at a time: a compressed bomb inflates at most ~1 MB per step."""
+
+REDACTED_BODY = b'{"apiKey": "[redacted]"}'
+"""The body of the token request as the errors and responses we hand out show it."""
 
 
 TOKEN_REQUEST_HEADERS = {
@@ -105,9 +120,15 @@ class TokenEndpoint:
 
     @property
     def bound(self) -> float:
-        """The longest a fetch may take: every attempt's timeouts and the backoff budget."""
+        """The longest a fetch may take: each attempt's connect and read time, and the backoff.
+
+        Waiters stop the fetch past this (``docs/design.md``, "Token lifecycle"):
+        a read timeout alone applies to each read, so a server that trickles its
+        answer could otherwise hold a fetch forever.
+        """
         connect, read = self.timeout if isinstance(self.timeout, tuple) else (self.timeout,) * 2
-        return (self.max_retries + 1) * (connect + read) + RETRY_BUDGET
+        backoff = RETRY_BUDGET if self.max_retries else 0.0
+        return (self.max_retries + 1) * (connect + read) + backoff
 
 
 def fetch_token(
@@ -115,33 +136,46 @@ def fetch_token(
     api_key: str,
     session: requests.Session | None,
     settings: SendSettings,
+    cancellation: Cancellation,
 ) -> Token:
     """Exchange ``api_key`` for a token, retrying transient failures.
 
     ``session`` is the caller's, used as given; without one, a private session
     lives for this fetch only (a token is fetched once a lifetime: an idle
-    connection kept for the next one would help nobody). Raises
-    :class:`InvalidApiKeyError`, :class:`TokenRequestError` or
-    :class:`TokenResponseError`; the key never appears in a message.
+    connection kept for the next one would help nobody). Its sockets close as
+    soon as ``cancellation`` is cancelled (waiters gave up: the fetch outlived
+    :attr:`TokenEndpoint.bound`). Raises :class:`InvalidApiKeyError`,
+    :class:`TokenRequestError` or :class:`TokenResponseError`; neither their
+    messages nor anything they carry hold the key.
     """
-    if session is not None:
-        return _with_retries(endpoint, api_key, session, settings)
-    with requests.Session() as private:
-        private.trust_env = settings.trust_env
-        return _with_retries(endpoint, api_key, private, settings)
+    context = _current_cancellation.set(cancellation)
+    try:
+        if session is not None:
+            return _with_retries(endpoint, api_key, session, settings, cancellation)
+        with requests.Session() as private:
+            private.trust_env = settings.trust_env
+            for prefix in ("https://", "http://"):
+                private.mount(prefix, _CancellableAdapter())
+            return _with_retries(endpoint, api_key, private, settings, cancellation)
+    finally:
+        _current_cancellation.reset(context)
 
 
 def _with_retries(
-    endpoint: TokenEndpoint, api_key: str, session: requests.Session, settings: SendSettings
+    endpoint: TokenEndpoint,
+    api_key: str,
+    session: requests.Session,
+    settings: SendSettings,
+    cancellation: Cancellation,
 ) -> Token:
     slept = 0.0
     attempt = 0
     while True:
         try:
-            return _attempt(endpoint, api_key, session, settings)
+            return _attempt(endpoint, api_key, session, settings, cancellation)
         except TokenRequestError as error:
             delay = _retry_delay(error, attempt)
-            if not _is_transient(error):
+            if not _is_transient(error) or cancellation.cancelled:
                 raise
             if attempt >= endpoint.max_retries or slept + delay > RETRY_BUDGET:
                 if attempt == 0:
@@ -162,30 +196,161 @@ def _with_retries(
 
 
 def _attempt(
-    endpoint: TokenEndpoint, api_key: str, session: requests.Session, settings: SendSettings
+    endpoint: TokenEndpoint,
+    api_key: str,
+    session: requests.Session,
+    settings: SendSettings,
+    cancellation: Cancellation,
 ) -> Token:
     log.debug("requesting a token from %s", endpoint.safe_url)
     request = requests.Request(
         "POST", endpoint.url, json={"apiKey": api_key}, headers=TOKEN_REQUEST_HEADERS, auth=_no_auth
     )
+    prepared = session.prepare_request(request)
+    with _send(prepared, endpoint, session, settings, cancellation) as response:
+        _read_limited(response, endpoint)
+        return _token_from(response, endpoint, api_key)
+
+
+def _send(
+    prepared: requests.PreparedRequest,
+    endpoint: TokenEndpoint,
+    session: requests.Session,
+    settings: SendSettings,
+    cancellation: Cancellation,
+) -> requests.Response:
+    options = settings.send_options(session, endpoint.url)
+    options["stream"] = True  # read below, with a size limit
+    # What our errors and responses carry (they end up pickled into result backends and
+    # error trackers) is a copy without the key; the request itself stays as it was sent,
+    # for mocking libraries' call logs.
+    redacted = prepared.copy()
+    redacted.body = REDACTED_BODY
     try:
-        prepared = session.prepare_request(request)
-        response = session.send(
+        response: requests.Response = session.send(
             prepared,
             timeout=endpoint.timeout,
             allow_redirects=False,  # never carry the key to wherever a redirect points
-            **settings.send_options(session, endpoint.url),
+            **options,
         )
-    except requests.exceptions.SSLError as exc:
-        raise TokenRequestError(_tls_failure(endpoint, exc)) from exc
-    except requests.Timeout as exc:
-        raise TokenRequestError(f"token request to {endpoint.safe_url} timed out") from exc
-    except requests.RequestException as exc:
-        raise TokenRequestError(
-            f"token request to {endpoint.safe_url} failed: {type(exc).__name__}"
-        ) from exc
-    with response:
-        return _token_from(response, endpoint, api_key)
+    except Exception as exc:
+        if isinstance(exc, requests.RequestException):
+            exc.request = redacted
+        raise _request_failure(endpoint, exc, cancellation) from exc
+    response.request = redacted
+    return response
+
+
+def _request_failure(
+    endpoint: TokenEndpoint, error: Exception, cancellation: Cancellation
+) -> Exception:
+    if cancellation.cancelled:
+        return TokenRequestError(
+            f"token request to {endpoint.safe_url} stopped after {endpoint.bound:.0f} s"
+        )
+    if isinstance(error, requests.exceptions.SSLError):
+        return TokenRequestError(_tls_failure(endpoint, error))
+    if isinstance(error, requests.Timeout):
+        return TokenRequestError(f"token request to {endpoint.safe_url} timed out")
+    if isinstance(error, requests.RequestException):
+        return TokenRequestError(
+            f"token request to {endpoint.safe_url} failed: {type(error).__name__}"
+        )
+    return error
+
+
+def _read_limited(response: requests.Response, endpoint: TokenEndpoint) -> None:
+    """Read the body, decompressed; refuse it past :data:`MAX_RESPONSE_BYTES`.
+
+    Read in small steps, so that a compressed bomb is stopped after at most one
+    step's worth of inflation.
+    """
+    too_large = TokenResponseError(
+        f"token response from {endpoint.safe_url} (HTTP {response.status_code}) is larger"
+        f" than {MAX_RESPONSE_BYTES} bytes",
+        response=response,
+    )
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    stream = response.iter_content(chunk_size=_READ_STEP)
+    while True:
+        try:
+            chunk = next(stream, b"")
+        except requests.RequestException as exc:
+            raise TokenRequestError(
+                f"token response from {endpoint.safe_url} broke off: {type(exc).__name__}"
+            ) from exc
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    response._content = b"".join(chunks)  # response.json() and .text use what was read
+
+
+_current_cancellation: ContextVar[Cancellation | None] = ContextVar(
+    "requests_opsnow_cancellation", default=None
+)
+"""The cancellation of the fetch running in this thread, for the sockets it opens."""
+
+
+class _CancellableAdapter(HTTPAdapter):
+    """An adapter whose connections register with the fetch's cancellation.
+
+    A server that answers one byte a second never trips a read timeout (it
+    applies to each read); when waiters give up, they shut the socket down and
+    the fetching thread's read fails at once.
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _make_cancellable(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _make_cancellable(manager)
+        return manager
+
+
+def _make_cancellable(manager: Any) -> None:
+    manager.pool_classes_by_scheme = {
+        scheme: _cancellable_pool(pool_class)
+        for scheme, pool_class in manager.pool_classes_by_scheme.items()
+    }
+
+
+@functools.cache
+def _cancellable_pool(pool_class: type[Any]) -> type[Any]:
+    if getattr(pool_class, "_opsnow_cancellable", False):
+        return pool_class
+    connection = _cancellable_connection(pool_class.ConnectionCls)
+    return type(
+        pool_class.__name__,
+        (pool_class,),
+        {"ConnectionCls": connection, "_opsnow_cancellable": True},
+    )
+
+
+@functools.cache
+def _cancellable_connection(connection_class: type[Any]) -> type[Any]:
+    def connect(self: Any) -> None:
+        connection_class.connect(self)
+        cancellation = _current_cancellation.get()
+        sock = getattr(self, "sock", None)
+        if cancellation is not None and sock is not None:
+            cancellation.on_cancel(lambda: _shut_down(sock))
+
+    return type(connection_class.__name__, (connection_class,), {"connect": connect})
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, not SSLSocket's: that one drops the TLS state under
+    # the thread that is reading, which then fails with an AttributeError.
+    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 _TLS_REASONS = (
@@ -240,7 +405,7 @@ def _parse_success(response: requests.Response, endpoint: TokenEndpoint, api_key
 
 
 def _describe_failure(response: requests.Response, api_key: str) -> str:
-    text = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
+    text = _masked(f"HTTP {response.status_code} {_reason_phrase(response)}", api_key).rstrip()
     try:
         payload = response.json()
     except (ValueError, RecursionError):
@@ -255,8 +420,19 @@ def _server_error(payload: dict[str, Any], api_key: str) -> str:
     message = error.get("message") if isinstance(error, dict) else payload.get("message")
     if not isinstance(message, str):
         return ""
-    one_line = " ".join(message.split())  # no forged log lines from a server's message
-    return one_line.replace(api_key, "***")[:_MAX_MESSAGE]
+    return _masked(message, api_key)[:_MAX_MESSAGE]
+
+
+def _reason_phrase(response: requests.Response) -> str:
+    reason: object = response.reason
+    if isinstance(reason, bytes):
+        reason = reason.decode("latin-1")
+    return reason[:_MAX_MESSAGE] if isinstance(reason, str) else ""
+
+
+def _masked(text: str, api_key: str) -> str:
+    """``text`` from a server on one line (no forged log lines), with the key masked."""
+    return " ".join(text.split()).replace(api_key, "***")
 
 
 def _is_transient(error: TokenRequestError) -> bool:

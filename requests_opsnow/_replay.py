@@ -35,7 +35,7 @@ _BODY_POSITION = "_body_position"
 
 def replay_with(
     response: requests.Response,
-    new_header: Callable[[], str],
+    new_header: Callable[[], str | None],
     drop_rejected: Callable[[], None],
     send_options: dict[str, Any],
 ) -> requests.Response:
@@ -46,7 +46,8 @@ def replay_with(
     cannot be resent (then ``drop_rejected()`` forgets the rejected token, so
     the next request fetches a new one, and a :class:`ReplaySkippedWarning`
     says why). Otherwise it is read, closed and put in the new response's
-    history. ``new_header()`` gives the ``Authorization`` value to resend with.
+    history. ``new_header()`` gives the ``Authorization`` value to resend with,
+    or None when the 401 should stand (a 401 again just after a refetch).
 
     The request the caller (or a mocking library) holds is never changed: the
     replay is a copy. A redirect of the replay is followed by requests from the
@@ -62,7 +63,10 @@ def replay_with(
         _skip(request, ready, drop_rejected)
         return response
     retry, connection = ready
-    retry.headers["Authorization"] = new_header()
+    header = new_header()
+    if header is None:
+        return response
+    retry.headers["Authorization"] = header
     setattr(retry, _REPLAYED, True)
     log.debug("replaying %s once with a new token", _describe(request))
     started = time.perf_counter()

@@ -20,6 +20,15 @@ from .errors import TokenResponseError
 DEFAULT_LIFETIME = 3600.0
 """Lifetime assumed when the response and the token say nothing about expiry."""
 
+MAX_LIFETIME = 86400.0
+"""The longest a token is believed to live (OpsNow's live 3600 s): a longer claimed
+lifetime, absolute expiry or JWT ``exp`` is cut to this, so no absurd number reaches
+a clock, a store's TTL or a date."""
+
+MAX_TOKEN_LENGTH = 8192
+"""The longest token accepted, in characters (a JWT is about 1 kB; servers refuse
+request headers much over 8 kB). The file and Redis stores use the same limit."""
+
 TOKEN_KEYS = ("accessToken", "access_token", "token")
 LIFETIME_KEYS = ("expiresIn", "expires_in")
 EXPIRY_KEYS = ("expiresAt", "expires_at", "expiration")
@@ -91,24 +100,49 @@ def token_to_record(token: Token) -> str:
 
 
 def token_from_record(raw: str | bytes) -> Token | None:
-    """The token in a stored record, or None if it is corrupt, foreign or unsafe."""
+    """The token in a stored record, or None if it is corrupt, foreign, unsafe or absurd.
+
+    A store is outside data (anyone who can write to a shared Redis can write
+    there): whatever a record holds, reading it returns a token or None, and
+    the caller treats None as "absent" and overwrites it.
+    """
     try:
-        record = json.loads(raw)
-        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-            return None
-        value = check_token_value(record["access_token"])
-        expires_at, issued_at = float(record["expires_at"]), float(record["issued_at"])
-    except (ValueError, KeyError, TypeError, RecursionError, TokenResponseError):
+        return _token_in_record(raw)
+    except Exception:  # noqa: BLE001 - any way a record can be unusable means "absent"
         return None
-    if not (math.isfinite(expires_at) and math.isfinite(issued_at)):
+
+
+def _token_in_record(raw: str | bytes) -> Token | None:
+    record = json.loads(raw)
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        return None
+    value = check_token_value(record["access_token"])
+    expires_at, issued_at = _finite(record["expires_at"]), _finite(record["issued_at"])
+    if expires_at is None or issued_at is None:
+        return None
+    if not 0 < expires_at - issued_at <= MAX_LIFETIME:
         return None
     return Token(value, expires_at, issued_at)
+
+
+def _finite(raw: object) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        return None
+    try:
+        number = float(raw)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def check_token_value(value: object) -> str:
     """Return ``value`` if it is safe to put in an ``Authorization`` header."""
     if not isinstance(value, str) or not value:
         raise TokenResponseError("the access token is not a non-empty string")
+    if len(value) > MAX_TOKEN_LENGTH:
+        raise TokenResponseError(
+            f"the access token is longer than {MAX_TOKEN_LENGTH} characters; refusing it"
+        )
     if not _SAFE_TOKEN.fullmatch(value):
         raise TokenResponseError(
             "the access token contains spaces, control or non-ASCII characters; refusing it"
@@ -162,6 +196,11 @@ def _describe_keys(payload: dict[str, Any]) -> str:
 
 
 def _expiry(source: dict[str, Any], token: str, *, now: float) -> float:
+    """The absolute expiry the response gives, at most :data:`MAX_LIFETIME` from ``now``."""
+    return min(_claimed_expiry(source, token, now=now), now + MAX_LIFETIME)
+
+
+def _claimed_expiry(source: dict[str, Any], token: str, *, now: float) -> float:
     for key in LIFETIME_KEYS:
         if source.get(key) is not None:
             return now + _positive_seconds(source[key], key)
@@ -242,7 +281,7 @@ def jwt_expiry(token: str) -> float | None:
     segment = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(segment))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # not base64, not JSON, absurdly deep
         return None
     if not isinstance(claims, dict):
         return None

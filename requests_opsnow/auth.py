@@ -29,11 +29,12 @@ from ._config import (
     host_list,
     resolve_api_key,
     resolve_base_url,
-    resolve_store,
+    store_at,
+    store_place_from_environment,
 )
 from ._exchange import SendSettings, TokenEndpoint, fetch_token
 from ._hosts import Decision, check_secure_url, environment_proxy, host_policy, safe_url
-from ._lifecycle import HeldToken, TokenLifecycle, lifecycle_for
+from ._lifecycle import Cancellation, HeldToken, TokenLifecycle, lifecycle_for
 from ._replay import replay_with
 from ._runtime import RuntimeState
 from ._token import Token
@@ -50,7 +51,7 @@ class OpsNowAuth(RuntimeState, AuthBase):
     README for every option; ``None`` always means "the default".
     """
 
-    _runtime_fields = ("_lifecycle", "_attached", "_fetch", "_settings_session")
+    _runtime_fields = ("_store", "_lifecycle", "_attached", "_fetch", "_settings_session")
     _kept_across_fork = _runtime_fields  # the lifecycle resets itself in a child
 
     def __init__(
@@ -79,12 +80,17 @@ class OpsNowAuth(RuntimeState, AuthBase):
             self.token_url, check_timeout(timeout), check_max_retries(max_retries)
         )
         self._hosts = host_policy((self.base_url, self.token_url), host_list(allowed_hosts))
-        self._store = resolve_store(cache)
+        self._cache = cache
+        # Where OPSNOW_TOKEN_CACHE keeps tokens, resolved (and checked) now; the store
+        # object for that place is the process's own, found again after a copy.
+        self._store_place = store_place_from_environment() if cache is None else None
         self._session = session
         self._send_settings = SendSettings(verify=verify, cert=cert, proxies=proxies)
         self._start_runtime()
 
     def _new_runtime_state(self) -> None:
+        place = self._store_place
+        self._store: TokenCache | None = self._cache if place is None else store_at(place)
         self._lifecycle: TokenLifecycle = lifecycle_for(
             self.token_url, self._api_key, self.refresh_margin, self._store
         )
@@ -157,8 +163,13 @@ class OpsNowAuth(RuntimeState, AuthBase):
     # -- the token request ----------------------------------------------------------
 
     def _follow_session_settings(self, session: requests.Session) -> None:
-        """Send token requests with ``session``'s verify, cert, proxies and trust_env."""
-        self._settings_session = weakref.ref(session)
+        """Send token requests with ``session``'s verify, cert, proxies and trust_env.
+
+        Only if no other live session already set this auth's settings (a shallow
+        copy of that session shares this very auth object).
+        """
+        if self._settings_session() is None:
+            self._settings_session = weakref.ref(session)
 
     def _current_send_settings(self) -> SendSettings:
         session = self._settings_session()
@@ -172,9 +183,13 @@ class OpsNowAuth(RuntimeState, AuthBase):
             trust_env=session.trust_env,
         )
 
-    def _fetch_token(self) -> Token:
+    def _fetch_token(self, cancellation: Cancellation) -> Token:
         return fetch_token(
-            self._endpoint, self._api_key, self._session, self._current_send_settings()
+            self._endpoint,
+            self._api_key,
+            self._session,
+            self._current_send_settings(),
+            cancellation,
         )
 
     # -- the 401 handler ----------------------------------------------------------
@@ -187,12 +202,12 @@ class OpsNowAuth(RuntimeState, AuthBase):
         if response.request.headers.get("Authorization") != sent.header:
             return response
         lifecycle = self._lifecycle
-        return replay_with(
-            response,
-            lambda: lifecycle.replacement_for(sent.token, self._fetch).header,
-            lambda: lifecycle.reject(sent.token),
-            send_options,
-        )
+
+        def new_header() -> str | None:
+            replacement = lifecycle.replacement_for(sent.token, self._fetch)
+            return replacement.header if replacement is not None else None
+
+        return replay_with(response, new_header, lambda: lifecycle.reject(sent.token), send_options)
 
 
 class _Fetch:
@@ -207,8 +222,8 @@ class _Fetch:
     def bound(self) -> float:
         return self._auth._endpoint.bound
 
-    def __call__(self) -> Token:
-        return self._auth._fetch_token()
+    def __call__(self, cancellation: Cancellation) -> Token:
+        return self._auth._fetch_token(cancellation)
 
 
 class _ReplayHook:

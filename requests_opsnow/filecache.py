@@ -82,6 +82,11 @@ class FileTokenCache(RuntimeState):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.directory)!r})"
 
+    @property
+    def _place(self) -> tuple[str, str] | None:
+        """The folder: auths whose caches name the same folder share one token lifecycle."""
+        return ("file", os.path.abspath(self.directory)) if self.directory is not None else None
+
     # -- the TokenCache protocol ------------------------------------------------------
 
     def get(self, key: str) -> Token | None:

@@ -246,7 +246,8 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
 
     def _share_settings_with_own_auth(self) -> None:
         # The auth this session built sends its token requests with this session's
-        # verify, cert, proxies and trust_env, as they are at each fetch.
+        # verify, cert, proxies and trust_env, as they are at each fetch. A shallow copy
+        # of the session shares that auth: it keeps following the original.
         if self._own_auth is not None:
             self._own_auth._follow_session_settings(self)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -63,6 +64,8 @@ class _Reply:
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
+    reason: str | None = None  # the status line's reason phrase; None: the standard one
+    trickle: float = 0.0  # seconds between bytes: an answer that never trips a read timeout
 
 
 @dataclass
@@ -73,6 +76,9 @@ class _Failure:
     retry_after: str | None
     body: bytes | None
     content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
+    trickle: float = 0.0
 
 
 def _reason(status: int) -> str:
@@ -322,18 +328,26 @@ class FakeOpsNow:
         retry_after: str | None = None,
         body: bytes | None = None,
         content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+        trickle: float = 0.0,
     ) -> None:
         """Make the next ``count`` token POSTs (-1: all, until :meth:`reset`) fail.
 
-        Each waits ``delay`` seconds, then answers ``status`` with ``body``
-        (default: an OpsNow error body). ``status=0`` drops the connection
-        without answering. Successive calls queue up in call order.
+        Each waits ``delay`` seconds, then answers ``status`` (with ``reason`` as
+        its reason phrase, if given) with ``body`` (default: an OpsNow error
+        body) and ``headers``, sending one byte every ``trickle`` seconds if
+        that is not 0. ``status=0`` drops the connection without answering.
+        Successive calls queue up in call order.
         """
         if count < -1:
             raise ValueError("count must be >= -1")
         if count == 0:
             return
-        failure = _Failure(status, count, delay, retry_after, body, content_type)
+        failure = _Failure(
+            status, count, delay, retry_after, body, content_type, dict(headers or {}), reason,
+            trickle,
+        )  # fmt: skip
         with self._lock:
             self._failures.append(failure)
 
@@ -459,6 +473,8 @@ class FakeOpsNow:
             reply = _Reply(failure.status, failure.body, failure.content_type)
         if failure.retry_after is not None:
             reply.headers["Retry-After"] = failure.retry_after
+        reply.headers.update(failure.headers)
+        reply.reason, reply.trickle = failure.reason, failure.trickle
         return reply
 
     def _check_key(self, req: RecordedRequest) -> _Reply | None:
@@ -674,7 +690,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write(self, reply: _Reply) -> None:
         body = b"" if reply.status in (204, 304) else reply.body
-        self.send_response(reply.status)
+        if reply.trickle:
+            self.wfile = _Trickle(self.wfile, reply.trickle, self.server.fake._closing)
+        self.send_response(reply.status, reply.reason)
         for name, value in reply.headers.items():
             self.send_header(name, value)
         if body:
@@ -684,3 +702,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+class _Trickle(io.BufferedIOBase):
+    """A writer that sends one byte at a time, ``interval`` seconds apart, until closing."""
+
+    def __init__(self, raw: Any, interval: float, closing: threading.Event) -> None:
+        super().__init__()
+        self._raw = raw
+        self._interval = interval
+        self._closing = closing
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        for index in range(len(data)):
+            if self._closing.wait(self._interval):
+                raise ConnectionAbortedError("the fake server is closing")
+            self._raw.write(data[index : index + 1])
+        return len(data)
+
+    def flush(self) -> None:
+        self._raw.flush()

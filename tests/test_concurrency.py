@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 import pytest
 import requests
 
-from requests_opsnow import OpsNowAuth, TokenRequestError
+from requests_opsnow import OpsNowAuth, TokenRequestError, _runtime
 from requests_opsnow._lifecycle import EARLY_RETRY_DELAY
 from requests_opsnow.testing import FakeOpsNow
 
@@ -97,7 +99,7 @@ def test_nobody_waits_for_an_early_refresh_and_only_one_runs(
         statuses = run_together(10, lambda: get_status(auth, fake.base_url + COMPANIES))
         # Every request finished while the refresh was still held at the server.
         assert statuses == [200] * 10
-        assert fake.token_requests == 2
+        assert wait_until(lambda: fake.token_requests == 2)  # the refresh reaches the server
         assert fake.issued_tokens == [first_token]
         assert {bearer(r) for r in fake.api_requests} == {first_token}
     finally:
@@ -214,3 +216,64 @@ def test_child_forked_during_a_background_refresh_still_works(
     finally:
         fake.release_token_requests()
     assert wait_until(lambda: not refresh_threads())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_every_lock_of_the_package_is_held_still_works(
+    fake: FakeOpsNow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPSNOW_TOKEN_CACHE", f"file:{tmp_path}")
+    make_lock = type(threading.Lock())
+    OpsNowAuth(fake.api_key, base_url=fake.base_url).get_token()  # the registries exist
+    # The worst moment to fork: another thread holds every lock the package owns.
+    held = [
+        value
+        for obj in list(_runtime._live)
+        for value in (getattr(obj, name, None) for name in obj._runtime_fields)
+        if isinstance(value, make_lock)
+    ]
+    taken, release = threading.Event(), threading.Event()
+
+    def hold_them() -> None:
+        for lock in held:
+            lock.acquire()
+        taken.set()
+        release.wait(30)
+        for lock in held:
+            lock.release()
+
+    holder = threading.Thread(target=hold_them)
+    holder.start()
+    try:
+        assert taken.wait(10)
+        assert len(held) >= 3  # the registry's, the stores', the lifecycle's at least
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            faulthandler.dump_traceback_later(10, exit=True)  # a hang fails the test
+            os._exit(
+                _child_request(
+                    OpsNowAuth(fake.api_key, base_url=fake.base_url), fake.base_url + COMPANIES
+                )
+            )
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        holder.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_every_lock_of_the_package_is_rebuilt_in_a_forked_child() -> None:
+    """No module-level lock: each lives in a RuntimeState object, rebuilt after fork."""
+    import importlib
+    import pkgutil
+
+    import requests_opsnow
+
+    lock_types = (type(threading.Lock()), type(threading.RLock()), threading.Condition)
+    for info in pkgutil.iter_modules(requests_opsnow.__path__, "requests_opsnow."):
+        if info.name in ("requests_opsnow.testing", "requests_opsnow.__main__"):
+            continue  # the fake server is not shared across a fork; __main__ runs the CLI
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            assert not isinstance(value, lock_types), f"{info.name}.{name} is a bare lock"

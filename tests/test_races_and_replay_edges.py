@@ -8,6 +8,7 @@ normalised like request hosts.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from requests_opsnow import OpsNowAuth
+from requests_opsnow import OpsNowAuth, TokenRequestError
 from requests_opsnow.cache import MemoryTokenCache
 from requests_opsnow.testing import FakeOpsNow, RecordedRequest
 
@@ -204,3 +205,83 @@ def test_base_url_host_written_with_a_trailing_dot_gets_the_token(
         prepared = auth(requests.Request("GET", url).prepare())
         assert "Authorization" in prepared.headers, url
         assert prepared.headers["Authorization"] == f"Bearer {auth.get_token()}"
+
+
+# -- invalidate() racing a flight that reads a slow store -----------------------------------
+
+
+class SlowReads(MemoryTokenCache):
+    """A store whose reads take a moment, as a networked store's do."""
+
+    def get(self, key: str) -> Any:
+        token = super().get(key)
+        time.sleep(0.1)
+        return token
+
+
+def test_invalidate_is_not_undone_by_a_flight_reading_the_store(fake: FakeOpsNow) -> None:
+    store = SlowReads()
+    # Another process's token in the shared store (another margin: another lifecycle).
+    planted = OpsNowAuth(
+        fake.api_key, base_url=fake.base_url, cache=store, refresh_margin=120
+    ).get_token()
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url, cache=store)
+    barrier = threading.Barrier(2, timeout=5)
+
+    def reader() -> None:
+        barrier.wait()
+        auth.get_token()
+
+    def invalidator() -> None:
+        barrier.wait()
+        time.sleep(0.03)  # while the reader's flight is reading the store
+        auth.invalidate()
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=invalidator)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert auth.get_token() != planted  # invalidate() has returned: the token is gone
+
+
+# -- waiters and the leader's failure --------------------------------------------------------
+
+
+def test_each_waiter_raises_an_exception_of_its_own(fake: FakeOpsNow) -> None:
+    fake.fail_token_requests(503, count=-1, delay=0.3)
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url, max_retries=0)
+    barrier = threading.Barrier(8, timeout=10)
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        barrier.wait()
+        try:
+            auth.get_token()
+        except TokenRequestError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert fake.token_requests == 1
+    assert len(errors) == 8
+    assert len({id(error) for error in errors}) == 8  # no traceback shared between threads
+    assert len({str(error) for error in errors}) == 1
+
+
+def test_a_failed_refresh_of_a_still_valid_token_keeps_it_when_asked_for_a_fresh_one(
+    fake: FakeOpsNow, clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url, max_retries=0)
+    token = auth.get_token()
+    clock.advance(3600 - 200)  # due, with 200 s of validity left
+    fake.fail_token_requests(503, count=-1)
+    with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
+        assert auth.get_token_info(fresh=True).value == token
+    assert "refresh failed" in caplog.text
+    clock.advance(200)  # expired now: the failure is the answer
+    with pytest.raises(TokenRequestError):
+        auth.get_token_info(fresh=True)

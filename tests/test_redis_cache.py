@@ -180,8 +180,9 @@ def test_a_401_drops_the_shared_token_only_if_it_is_still_the_one_that_failed(
     client: Any, prefix: str, make_cache: Callable[..., RedisTokenCache]
 ) -> None:
     cache = make_cache(client, prefix=prefix)
-    old = Token("old-token", expires_at=9e9, issued_at=0.0)
-    new = Token("new-token", expires_at=9e9, issued_at=1.0)
+    now = time.time()
+    old = Token("old-token", expires_at=now + 600, issued_at=now - 60)
+    new = Token("new-token", expires_at=now + 900, issued_at=now)
     cache.set("k", new)
     cache.delete("k", old)
     assert make_cache(client, prefix=prefix).get("k") == new

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import pickle
+from pathlib import Path
 from typing import Callable
 
 import pytest
 import requests
 
-from requests_opsnow import OpsNowAuth, TokenRequestError
+from requests_opsnow import OpsNowAuth, OpsNowSession, TokenRequestError
 from requests_opsnow.testing import FakeOpsNow
 
 from .conftest import FakeClock
@@ -122,3 +124,35 @@ def test_copied_session_holding_the_auth_works(
             assert clone.get(fake.base_url + COMPANIES, timeout=10).status_code == 200
             assert isinstance(clone.auth, OpsNowAuth)
     assert fake.token_requests == 1
+
+
+@pytest.mark.parametrize("make_copy", [copy.deepcopy, lambda a: pickle.loads(pickle.dumps(a))])
+def test_a_copy_of_an_auth_using_the_environments_store_shares_its_token(
+    fake: FakeOpsNow,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_copy: Callable[[OpsNowAuth], OpsNowAuth],
+) -> None:
+    monkeypatch.setenv("OPSNOW_TOKEN_CACHE", f"file:{tmp_path}")
+    original = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    clone = make_copy(original)
+    url = fake.base_url + COMPANIES
+    with requests.Session() as session:
+        assert session.get(url, auth=original, timeout=10).ok
+        fake.revoke_tokens()
+        assert session.get(url, auth=original, timeout=10).history  # 401, refresh, replay
+        after = session.get(url, auth=clone, timeout=10)
+    assert after.ok
+    assert not after.history  # the copy already had the refreshed token
+    assert fake.token_requests == 2
+
+
+def test_a_shallow_copy_of_an_opsnow_session_leaves_the_original_its_settings(
+    tls_fake: FakeOpsNow, ca_file: str
+) -> None:
+    with OpsNowSession(tls_fake.api_key, base_url=tls_fake.base_url, verify=ca_file) as session:
+        shallow = copy.copy(session)  # shares the session's own auth
+        del shallow
+        gc.collect()
+        assert session.get(COMPANIES).status_code == 200  # its token request trusted the CA
+    assert tls_fake.token_requests == 1
