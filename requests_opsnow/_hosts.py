@@ -45,7 +45,8 @@ def check_secure_url(url: str, what: str) -> None:
     """Raise ValueError unless ``url`` is https, or http to a loopback host."""
     if not _is_secure(url):
         raise ValueError(
-            f"{what} must be an https:// URL (plain http only to loopback hosts), got {url!r}"
+            f"{what} must be an https:// URL (plain http only to loopback hosts),"
+            f" got {safe_url(url)!r}"
         )
 
 
@@ -74,14 +75,28 @@ def _origin(url: str) -> str:
     return origin
 
 
-def _allowed_host(entry: str) -> str:
-    """A host name from an ``allowed_hosts`` entry: ``host``, ``*.domain``, ``host:port``."""
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def _allowed_entry(entry: str) -> tuple[str, int | None]:
+    """``(host, port)`` from an ``allowed_hosts`` entry: ``host``, ``*.domain``, ``host:port``.
+
+    A port given is a port required (None: any port). The host of ``*.domain`` is
+    kept as ``*.domain``.
+    """
     text = entry.strip().lower()
     if "://" in text or "/" in text:
-        raise ValueError(f"allowed_hosts takes host names, not URLs: {entry!r}")
-    if text.startswith("*."):
-        return text.rstrip(".")
-    return (urlsplit("//" + text).hostname or "").rstrip(".")
+        raise ValueError(f"allowed_hosts takes host names, not URLs: {safe_url(entry)!r}")
+    wildcard = text.startswith("*.")
+    parts = urlsplit("//" + (text[2:] if wildcard else text))
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"allowed_hosts entry has a bad port: {text!r}") from None
+    host = (parts.hostname or "").rstrip(".")
+    if not host or "@" in text:
+        raise ValueError(f"allowed_hosts entry names no host: {safe_url('//' + text)!r}")
+    return ("*." + host if wildcard else host), port
 
 
 @functools.lru_cache(maxsize=_DECISION_CACHE_SIZE)
@@ -98,13 +113,15 @@ class HostPolicy:
     """
 
     def __init__(self, trusted_urls: Iterable[str], extra_hosts: Iterable[str]) -> None:
-        hosts = {(urlsplit(url).hostname or "").rstrip(".") for url in trusted_urls}
-        hosts.update(_allowed_host(entry) for entry in extra_hosts)
-        hosts.discard("")
-        self._exact = frozenset(host for host in hosts if not host.startswith("*."))
-        self._suffixes = tuple("." + host[2:] for host in hosts if host.startswith("*.")) + tuple(
-            "." + domain for domain in OPSNOW_DOMAINS
-        )
+        entries: set[tuple[str, int | None]] = {
+            ((urlsplit(url).hostname or "").rstrip("."), None) for url in trusted_urls
+        }
+        entries.update(_allowed_entry(entry) for entry in extra_hosts)
+        entries.discard(("", None))
+        self._hosts = frozenset(entry for entry in entries if not entry[0].startswith("*."))
+        self._suffixes = tuple(
+            ("." + host[2:], port) for host, port in entries if host.startswith("*.")
+        ) + tuple(("." + domain, None) for domain in OPSNOW_DOMAINS)
         self._decisions: dict[str, Decision] = {}
 
     def decide(self, url: str) -> Decision:
@@ -113,25 +130,33 @@ class HostPolicy:
             origin = _origin(url)
             decision = self._decisions.get(origin)
             if decision is None:
-                parts = urlsplit(origin)
-                decision = self._decide(parts.scheme, (parts.hostname or "").rstrip("."))
+                decision = self._decide(origin)
             if len(self._decisions) >= _DECISION_CACHE_SIZE:
                 self._decisions.clear()
             self._decisions[origin] = self._decisions[url] = decision
         return decision
 
-    def trusts(self, host: str) -> bool:
-        host = host.lower()
-        return host in self._exact or host in OPSNOW_DOMAINS or host.endswith(self._suffixes)
-
-    def _decide(self, scheme: str, host: str) -> Decision:
-        if not self.trusts(host):
+    def _decide(self, origin: str) -> Decision:
+        parts = urlsplit(origin)
+        host = (parts.hostname or "").rstrip(".")
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+        except ValueError:  # not a port: not a host of ours either
             return Decision.SKIP
-        if scheme == "https":
+        if not self._trusts(host, port):
+            return Decision.SKIP
+        if parts.scheme == "https":
             return Decision.ATTACH
-        if scheme == "http" and is_loopback(host):
+        if parts.scheme == "http" and is_loopback(host):
             return Decision.ATTACH_CLEARTEXT
         return Decision.REFUSE
+
+    def _trusts(self, host: str, port: int | None) -> bool:
+        if (host, None) in self._hosts or (host, port) in self._hosts or host in OPSNOW_DOMAINS:
+            return True
+        return any(
+            host.endswith(suffix) and allowed in (None, port) for suffix, allowed in self._suffixes
+        )
 
 
 _PROXY_VARIABLES = tuple(

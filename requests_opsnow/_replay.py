@@ -7,6 +7,7 @@ be rewound (generator, iterator, MultipartEncoder, pipe) is never resent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -74,7 +75,84 @@ def replay_with(
     new_response.elapsed = timedelta(seconds=time.perf_counter() - started)
     new_response.history.append(response)
     new_response.request = retry
+    if new_response.is_redirect:
+        _keep_the_401_through_redirects(request, new_response, response)
     return new_response
+
+
+def _keep_the_401_through_redirects(
+    request: requests.PreparedRequest, replayed: requests.Response, rejected: requests.Response
+) -> None:
+    """Keep ``rejected`` first in ``history`` while requests follows ``replayed``'s redirects.
+
+    requests assigns each hop's ``history`` anew, and builds the final
+    response's from the hops it saw, which do not include our 401. The hops
+    share the request's hooks, so a hook marks each hop's response to keep it.
+    """
+    hooks: list[Any] = request.hooks.setdefault("response", [])
+    _adopt(replayed, rejected)
+    hooks.append(_KeepTheRejected(request, rejected, hooks))
+
+
+class _AfterAReplay(requests.Response):
+    """A response that follows a replayed 401 through redirects: its ``history`` starts
+    with that 401, whatever requests assigns to it."""
+
+    @property
+    def history(self) -> list[requests.Response]:
+        history: list[requests.Response] = self.__dict__.get("_history", [])
+        return history
+
+    @history.setter
+    def history(self, value: list[requests.Response]) -> None:
+        earlier: list[requests.Response] = self.__dict__.get("_earlier", [])
+        later = [hop for hop in value if all(hop is not first for first in earlier)]
+        self.__dict__["_history"] = [*earlier, *later]
+
+
+def _adopt(response: requests.Response, rejected: requests.Response) -> None:
+    history = response.__dict__.pop("history", [])
+    response.__class__ = _AfterAReplay
+    response.__dict__["_earlier"] = [rejected]
+    response.history = history
+
+
+class _KeepTheRejected:
+    """The hook that marks each redirect hop after a replay; gone once the chain ends."""
+
+    __slots__ = ("hooks", "original", "rejected")
+
+    def __init__(
+        self, original: requests.PreparedRequest, rejected: requests.Response, hooks: list[Any]
+    ) -> None:
+        self.original = original
+        self.rejected = rejected
+        self.hooks = hooks
+
+    def __call__(self, response: requests.Response, **send_options: Any) -> requests.Response:
+        if response.request is self.original:  # the caller sent it again: a new exchange
+            self._retire()
+            return response
+        _adopt(response, self.rejected)
+        if not response.is_redirect:
+            self._retire()  # the last hop
+        return response
+
+    def _retire(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.hooks.remove(self)
+
+    def __reduce__(self) -> tuple[Callable[[], Callable[..., requests.Response]], tuple[()]]:
+        return (inert_hook, ())
+
+
+def inert_hook() -> Callable[..., requests.Response]:
+    """What our hooks become in a pickle: a hook that does nothing, holding nothing."""
+    return passes_through
+
+
+def passes_through(response: requests.Response, **send_options: Any) -> requests.Response:
+    return response
 
 
 def _ready_to_resend(response: requests.Response) -> tuple[requests.PreparedRequest, Any] | str:

@@ -84,6 +84,9 @@ class Token:
         return self.expires_at - self.issued_at
 
 
+MAX_RECORD_SIZE = MAX_TOKEN_LENGTH + 512
+"""The largest stored record read: one token at its longest, and its few fields."""
+
 RECORD_FORMAT = "requests-opsnow/token/1"
 """Marks a stored token record as ours: anything else in a shared store is ignored."""
 
@@ -113,6 +116,8 @@ def token_from_record(raw: str | bytes) -> Token | None:
 
 
 def _token_in_record(raw: str | bytes) -> Token | None:
+    if len(raw) > MAX_RECORD_SIZE:
+        return None
     record = json.loads(raw)
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         return None

@@ -35,7 +35,7 @@ from ._config import (
 from ._exchange import SendSettings, TokenEndpoint, fetch_token
 from ._hosts import Decision, check_secure_url, environment_proxy, host_policy, safe_url
 from ._lifecycle import Cancellation, HeldToken, TokenLifecycle, lifecycle_for
-from ._replay import replay_with
+from ._replay import inert_hook, passes_through, replay_with
 from ._runtime import RuntimeState
 from ._token import Token
 from .cache import TokenCache
@@ -246,16 +246,7 @@ class _ReplayHook:
         return self.auth._on_401(self.held, response, send_options)
 
     def __reduce__(self) -> tuple[Callable[[], Callable[..., Any]], tuple[()]]:
-        return (_inert_hook, ())
-
-
-def _passes_through(response: requests.Response, **send_options: Any) -> requests.Response:
-    return response
-
-
-def _inert_hook() -> Callable[..., requests.Response]:
-    """What an unpickled :class:`_ReplayHook` becomes."""
-    return _passes_through
+        return (inert_hook, ())
 
 
 class _Attached:
@@ -270,7 +261,7 @@ class _Attached:
         self.refresh_at = held.refresh_at if held is not None else float("-inf")
 
 
-_NOTHING_ATTACHED = _Attached(None, _passes_through)
+_NOTHING_ATTACHED = _Attached(None, passes_through)
 """Before the first request: never current, so the first call asks the lifecycle."""
 
 

@@ -18,6 +18,7 @@ import secrets
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -25,22 +26,20 @@ from typing import Any
 
 from . import _clock
 from ._runtime import RuntimeState
-from ._token import Token, token_from_record, token_to_record
+from ._token import MAX_RECORD_SIZE, Token, token_from_record, token_to_record
 from .cache import MemoryTokenCache
 
 log = logging.getLogger("requests_opsnow")
 
 __all__ = ["FileTokenCache", "default_cache_dir"]
 
-LOCK_TIMEOUT = 120.0
+LOCK_WAIT = 120.0
 """Longest wait for another process's fetch (which retries for up to ~110 s by
 default); then this one fetches anyway, with a warning. A crashed holder's lock
 is released by the operating system at once."""
 
 STALE_TEMPORARY_AGE = 300.0
 """Temporary files left by a process killed mid-write are removed after this long."""
-
-_MAX_FILE_SIZE = 64 * 1024
 
 
 def default_cache_dir() -> Path | None:
@@ -60,14 +59,25 @@ def default_cache_dir() -> Path | None:
 class FileTokenCache(RuntimeState):
     """A :class:`~requests_opsnow.TokenCache` in files, shared across processes.
 
-    Nothing touches the disk until the first token is fetched.
+    Nothing touches the disk until the first token is fetched. ``lock_wait``:
+    how long to wait for another process's fetch (``lock_timeout`` is its old,
+    deprecated name).
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str] | None = None, *, lock_timeout: float = LOCK_TIMEOUT
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        lock_wait: float = LOCK_WAIT,
+        lock_timeout: float | None = None,
     ) -> None:
+        if lock_timeout is not None:
+            warnings.warn(
+                "FileTokenCache(lock_timeout=) is now lock_wait=", DeprecationWarning, stacklevel=2
+            )
+            lock_wait = lock_timeout
         self.directory = Path(directory) if directory is not None else default_cache_dir()
-        self.lock_timeout = lock_timeout
+        self.lock_wait = lock_wait
         self._start_runtime()
 
     _runtime_fields = ("_memory", "_guard", "_file_locks", "_degraded")
@@ -126,13 +136,20 @@ class FileTokenCache(RuntimeState):
         if self.directory is None:
             raise FileNotFoundError("no cache folder: neither XDG_CACHE_HOME nor a home is set")
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self._own_folder_info()
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            self.directory.chmod(0o700)  # an existing folder others could read: tighten it
+        return self.directory
+
+    def _own_folder_info(self) -> os.stat_result:
+        """The folder's stat; PermissionError if another user owns it (then neither
+        read nor write: whoever owns it could have put any token file there)."""
+        assert self.directory is not None
         info = self.directory.stat()
         uid = _uid()
         if uid is not None and info.st_uid != uid:
             raise PermissionError("the cache folder belongs to another user")
-        if stat.S_IMODE(info.st_mode) & 0o077:
-            self.directory.chmod(0o700)  # an existing folder others could read: tighten it
-        return self.directory
+        return info
 
     def _token_path(self, key: str) -> Path:
         if not key.isalnum():  # keys are hex digests; anything else could escape the folder
@@ -159,13 +176,14 @@ class FileTokenCache(RuntimeState):
         """The token stored for ``key``, or None if missing, expired, corrupt or not ours."""
         try:
             path = self._token_path(key)
+            self._own_folder_info()
             raw = _read_own_file(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             log.debug("ignoring the token cache file: %s", type(exc).__name__)
             return None
-        token = token_from_record(raw) if len(raw) <= _MAX_FILE_SIZE else None
+        token = token_from_record(raw)
         if token is None:
             log.debug("ignoring a corrupt or foreign token cache file")
             return None
@@ -193,11 +211,11 @@ class FileTokenCache(RuntimeState):
             with self._guard:
                 file_lock = self._file_locks.get(key)
                 if file_lock is None:
-                    file_lock = FileLock(str(path), timeout=self.lock_timeout, mode=0o600)
+                    file_lock = FileLock(str(path), timeout=self.lock_wait, mode=0o600)
                     self._file_locks[key] = file_lock
             file_lock.acquire()
         except Timeout:
-            log.warning("token cache lock busy for %.0f s; going on without it", self.lock_timeout)
+            log.warning("token cache lock busy for %.0f s; going on without it", self.lock_wait)
             return None
         except OSError as exc:
             self._degrade(exc)
@@ -229,7 +247,7 @@ def _read_own_file(path: Path) -> bytes:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode) or _uid() not in (None, info.st_uid):
             raise PermissionError("not a regular file owned by this user")
-        return handle.read(_MAX_FILE_SIZE + 1)
+        return handle.read(MAX_RECORD_SIZE + 1)  # a longer file is no record of ours
 
 
 def _remove_stale_temporaries(folder: Path, stem: str) -> None:

@@ -4,14 +4,16 @@ Tokens are stored with a TTL equal to their remaining lifetime under
 ``<prefix>token:<sha256>``; the values hold the token and its expiry, never
 the key. A Redis lock makes the fetch single-flight across the fleet: the
 holder renews it while it fetches, and a crashed holder's lock expires after
-``lock_timeout``. If Redis is down, slow or evicting, requests still work:
+``lock_lease`` seconds. If Redis is down, slow or evicting, requests still work:
 tokens are fetched and kept locally, with one warning per outage, Redis is
 left alone for a while (a circuit breaker), and sharing resumes when it
 answers again.
 
 The cache talks to Redis through connections of its own, with the client's
-settings but without the client's retries, and with a 1 s socket timeout
-where the client has none: a hung Redis costs one timeout, not a stall.
+settings (from any standard connection pool, blocking ones too) but without
+the client's retries, and with a 1 s socket timeout where the client has none:
+a hung Redis costs one timeout, not a stall. Sentinel and cluster clients are
+used as given (set their timeouts), and cannot be copied or pickled.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, cast
 
 try:
     import redis
@@ -42,7 +46,7 @@ __all__ = ["RedisTokenCache"]
 
 log = logging.getLogger("requests_opsnow")
 
-LOCK_TIMEOUT = 30.0
+LOCK_LEASE = 30.0
 """Seconds the fleet lock outlives its holder's last renewal: a crashed holder
 blocks the others this long at most. A live holder renews it every third of it."""
 
@@ -59,6 +63,14 @@ SOCKET_TIMEOUT = 1.0
 BREAKER_FIRST_PAUSE = 2.0
 BREAKER_MAX_PAUSE = 30.0
 """After a failure Redis is left alone this long (doubling up to the maximum) before one probe."""
+
+_DELETE_IF_NO_TTL = """
+if redis.call('PTTL', KEYS[1]) == -1 then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+"""A lock key without a TTL was not written by a live holder (ours always expire): drop it."""
 
 _DELETE_IF_EQUAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -78,47 +90,76 @@ _CONNECTION_SETTINGS = frozenset(
 )  # fmt: skip
 """What the cache copies from the client's connection pool (plus ``ssl_*``)."""
 
+_REBUILDABLE = (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
+"""Connection classes whose settings alone make a new, equivalent connection."""
+
 _FAILED = object()
 
 
 class RedisTokenCache(RuntimeState):
-    """A :class:`~requests_opsnow.TokenCache` in Redis, shared by every host using it."""
+    """A :class:`~requests_opsnow.TokenCache` in Redis, shared by every host using it.
+
+    ``lock_lease``: how long the fleet lock outlives its holder's last renewal;
+    ``lock_wait``: how long to wait for it before fetching without it.
+    ``lock_timeout`` is the old name of ``lock_lease`` (deprecated).
+    """
+
+    _runtime_fields = (
+        "client", "_redis", "_local", "_delete_if_equal", "_delete_if_no_ttl", "_state_lock",
+        "_outage", "_pause", "_probe_at",
+    )  # fmt: skip
+    _kept_across_fork = ("client", "_redis", "_local", "_delete_if_equal", "_delete_if_no_ttl")
 
     def __init__(
         self,
         client: redis.Redis,
         *,
         prefix: str = "requests-opsnow:",
-        lock_timeout: float = LOCK_TIMEOUT,
+        lock_lease: float = LOCK_LEASE,
+        lock_wait: float = LOCK_WAIT,
+        lock_timeout: float | None = None,
     ) -> None:
-        self.client = client
+        if lock_timeout is not None:
+            warnings.warn(
+                "RedisTokenCache(lock_timeout=) is now lock_lease=",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            lock_lease = lock_timeout
         self.prefix = prefix
-        self.lock_timeout = lock_timeout
-        self._redis = _without_retries(client)
-        self._local = MemoryTokenCache()
-        self._delete_if_equal = self._redis.register_script(_DELETE_IF_EQUAL)
+        self.lock_lease = lock_lease
+        self.lock_wait = lock_wait
+        self._connection = _connection_of(client)  # None: a client to use as given
+        self.client = client
         self._start_runtime()
 
-    _runtime_fields = ("_state_lock", "_outage", "_pause", "_probe_at")
-
     def _new_runtime_state(self) -> None:
+        client = self.__dict__.get("client")
+        if client is None:  # a copy: a client of its own, on the same settings
+            assert self._connection is not None
+            client = _client_for(*self._connection)
+        self.client = client
+        self._redis = (
+            _client_for(*self._connection, own=True) if self._connection is not None else client
+        )
+        self._local = MemoryTokenCache()
+        self._delete_if_equal = self._redis.register_script(_DELETE_IF_EQUAL)
+        self._delete_if_no_ttl = self._redis.register_script(_DELETE_IF_NO_TTL)
         self._state_lock = threading.Lock()
         self._outage = False
         self._pause = 0.0
         self._probe_at = 0.0
 
+    def __getstate__(self) -> dict[str, Any]:
+        if self._connection is None:
+            raise TypeError(
+                "a RedisTokenCache over a Sentinel or cluster client cannot be copied or"
+                " pickled; give it a client made with redis.Redis(...) or Redis.from_url(...)"
+            )
+        return super().__getstate__()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prefix={self.prefix!r})"
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> RedisTokenCache:
-        return RedisTokenCache(self.client, prefix=self.prefix, lock_timeout=self.lock_timeout)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        pool = self.client.connection_pool
-        settings = _settings_of(pool)
-        if settings is None:
-            raise TypeError("a RedisTokenCache over this kind of Redis client cannot be pickled")
-        return (_rebuild, (pool.connection_class, settings, self.prefix, self.lock_timeout))
 
     def close(self) -> None:
         """Close the cache's own connections to Redis (not the client's)."""
@@ -163,16 +204,15 @@ class RedisTokenCache(RuntimeState):
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         with self._local.lock(key):  # this process's threads queue here, not on Redis
+            name = f"{self.prefix}lock:{key}"
             lock = self._redis.lock(
-                f"{self.prefix}lock:{key}",
-                timeout=self.lock_timeout,
-                sleep=LOCK_POLL_INTERVAL,
-                blocking_timeout=max(LOCK_WAIT, self.lock_timeout + 1),
+                name,
+                timeout=self.lock_lease,
                 thread_local=False,  # renewed from another thread; one Lock object per use
             )
-            acquired = self._call(lock.acquire, default=None)
+            acquired = self._acquire(lock, name)
             if acquired is False:
-                log.warning("Redis token lock busy for %.0f s; fetching without it", LOCK_WAIT)
+                log.warning("Redis token lock busy for %.0f s; fetching without it", self.lock_wait)
             if not acquired:  # busy too long, or Redis is down: this process only
                 yield
                 return
@@ -183,12 +223,31 @@ class RedisTokenCache(RuntimeState):
                 stop_renewing()
                 self._release(lock)
 
+    def _acquire(self, lock: Any, name: str) -> bool | None:
+        """Take the fleet lock within ``lock_wait``: True, False if busy, None if Redis is down.
+
+        A lock key without a TTL is no live holder (ours always expire): it is
+        dropped rather than waited for.
+        """
+        deadline = _clock.monotonic() + self.lock_wait
+        while True:
+            acquired = self._call(lock.acquire, blocking=False, default=None)
+            if acquired is not False:
+                return cast("bool | None", acquired)
+            if self._call(self._redis.pttl, name, default=None) == -1:
+                log.debug("dropping a Redis token lock that has no expiry")
+                self._call(self._delete_if_no_ttl, keys=[name])
+                continue
+            if _clock.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL_INTERVAL)  # real time: another host is fetching
+
     def _keep_renewing(self, lock: Any) -> Any:
         """Renew ``lock`` every third of its timeout until the returned function is called."""
         stop = threading.Event()
 
         def renew() -> None:
-            while not stop.wait(self.lock_timeout / 3):
+            while not stop.wait(self.lock_lease / 3):
                 try:
                     lock.reacquire()
                 except (LockError, RedisError):
@@ -249,40 +308,33 @@ class RedisTokenCache(RuntimeState):
             log.warning("Redis token cache is back; sharing tokens again")
 
 
-def _settings_of(pool: Any) -> dict[str, Any] | None:
-    """The plain connection settings of a standard pool; None for other kinds."""
-    if type(pool) is not redis.ConnectionPool:  # sentinel, cluster...: use them as given
+def _connection_of(client: redis.Redis) -> tuple[Any, dict[str, Any]] | None:
+    """The connection class and plain settings of a client on a standard pool (blocking
+    or not); None for other kinds (Sentinel, cluster), which are used as given."""
+    pool = getattr(client, "connection_pool", None)
+    connection_class = getattr(pool, "connection_class", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if connection_class not in _REBUILDABLE or not isinstance(kwargs, dict):
         return None
-    return {
+    settings = {
         name: value
-        for name, value in pool.connection_kwargs.items()
-        if name in _CONNECTION_SETTINGS or name.startswith("ssl_")
+        for name, value in kwargs.items()
+        if (name in _CONNECTION_SETTINGS or name.startswith("ssl_")) and type(value) is not object
     }
+    # redis-py marks a setting that was not given with a bare object(): left out, the
+    # default applies. (Copied, it would no longer be that marker, and break connections.)
+    return connection_class, settings
 
 
-def _without_retries(client: redis.Redis) -> redis.Redis:
-    """A client on the same server and settings, without retries, with a socket timeout."""
-    pool = client.connection_pool
-    settings = _settings_of(pool)
-    if settings is None:
-        return client
-    return _rebuild_client(pool.connection_class, settings)
-
-
-def _rebuild_client(connection_class: Any, settings: dict[str, Any]) -> redis.Redis:
-    settings = dict(settings, retry=Retry(NoBackoff(), 0))
-    for name in ("socket_timeout", "socket_connect_timeout"):
-        if settings.get(name) is None:
-            settings[name] = SOCKET_TIMEOUT
+def _client_for(
+    connection_class: Any, settings: dict[str, Any], *, own: bool = False
+) -> redis.Redis:
+    """A client with these settings; ``own``: the cache's own, without retries, with timeouts."""
+    settings = dict(settings)
+    if own:
+        settings["retry"] = Retry(NoBackoff(), 0)
+        for name in ("socket_timeout", "socket_connect_timeout"):
+            if settings.get(name) is None:
+                settings[name] = SOCKET_TIMEOUT
     pool = redis.ConnectionPool(connection_class=connection_class, **settings)
     return redis.Redis(connection_pool=pool)
-
-
-def _rebuild(
-    connection_class: Any, settings: dict[str, Any], prefix: str, lock_timeout: float
-) -> RedisTokenCache:
-    """Unpickle: a cache on a new client with the pickled connection settings."""
-    client = redis.Redis(
-        connection_pool=redis.ConnectionPool(connection_class=connection_class, **settings)
-    )
-    return RedisTokenCache(client, prefix=prefix, lock_timeout=lock_timeout)

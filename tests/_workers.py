@@ -69,7 +69,7 @@ def hold_redis_lock(redis_url: str, prefix: str, key: str) -> None:
 
     from requests_opsnow.rediscache import RedisTokenCache
 
-    cache = RedisTokenCache(redis.Redis.from_url(redis_url), prefix=prefix, lock_timeout=1.5)
+    cache = RedisTokenCache(redis.Redis.from_url(redis_url), prefix=prefix, lock_lease=1.5)
     with cache.lock(key):
         sys.stdout.write("locked\n")
         sys.stdout.flush()
@@ -86,3 +86,9 @@ def get_with_the_environments_cache(barrier: Any, url: str) -> int:
     auth = OpsNowAuth()
     barrier.wait(timeout=30)
     return requests.get(url, auth=auth, timeout=30).status_code
+
+
+def token_of(auth: Any) -> str:
+    """A token from an auth that came here by pickle (multiprocessing "spawn")."""
+    token: str = auth.get_token()
+    return token

@@ -458,3 +458,42 @@ def test_plain_http_to_an_opsnow_host_is_refused(fake: FakeOpsNow, make_auth: Ma
 def test_plain_http_endpoint_is_rejected_at_construction(option: str, url: str) -> None:
     with pytest.raises(ValueError, match="https://"):
         OpsNowAuth("key", **{option: url})
+
+
+@pytest.mark.parametrize(
+    ("url", "attached"),
+    [
+        ("https://internal.corp:8443/x", True),
+        ("https://internal.corp:9999/x", False),
+        ("https://internal.corp/x", False),  # 443: not the port given
+        ("https://api.internal.corp:8443/x", False),
+    ],
+)
+def test_a_port_given_in_allowed_hosts_is_a_port_required(
+    fake: FakeOpsNow, make_auth: MakeAuth, url: str, attached: bool
+) -> None:
+    prepared = make_auth(allowed_hosts=["internal.corp:8443"])(
+        requests.Request("GET", url).prepare()
+    )
+    assert ("Authorization" in prepared.headers) is attached
+
+
+def test_a_wildcard_with_a_port_requires_the_port_too(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    auth = make_auth(allowed_hosts=["*.corp.example:8443"])
+    for url, attached in [
+        ("https://a.corp.example:8443/x", True),
+        ("https://a.corp.example/x", False),
+    ]:
+        prepared = auth(requests.Request("GET", url).prepare())
+        assert ("Authorization" in prepared.headers) is attached, url
+
+
+@pytest.mark.parametrize(
+    "entry", ["https://user:s3cret@api.example.com", "user:s3cret@api.example.com", "host:99999"]
+)
+def test_a_bad_allowed_hosts_entry_is_refused_without_echoing_credentials(entry: str) -> None:
+    with pytest.raises(ValueError, match="allowed_hosts") as caught:
+        OpsNowAuth("secret-key-value", allowed_hosts=[entry])
+    assert "s3cret" not in str(caught.value)

@@ -203,3 +203,23 @@ def test_token_renew_forgets_the_cached_token(cli: Cli, fake: FakeOpsNow) -> Non
     assert renewed != first
     assert cli("token").stdout.strip() == renewed
     assert fake.token_requests == 2
+
+
+def test_an_insecure_base_url_is_a_usage_error_that_hides_its_credentials(cli: Cli) -> None:
+    result = cli("--base-url", "http://someone:s3cret@api.example.com/x?sig=abc123", "token")
+    assert result.returncode == 2
+    message = one_line(result.stderr)
+    assert "https" in message
+    assert "s3cret" not in message
+    assert "abc123" not in message
+
+
+def test_an_unreachable_api_exits_1_and_an_unreachable_token_endpoint_exits_3(
+    cli: Cli, fake: FakeOpsNow
+) -> None:
+    # The API on a port where nothing listens, the token endpoint on the fake server.
+    api_down = cli("get", "http://127.0.0.1:9/platform/v2/companies", "--timeout", "2")
+    assert api_down.returncode == 1, api_down.stderr
+    assert fake.token_requests == 1  # the token was there: the API was not
+    token_down = cli("get", "/platform/v2/companies", OPSNOW_BASE_URL="http://127.0.0.1:9")
+    assert token_down.returncode == 3, token_down.stderr

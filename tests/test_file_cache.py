@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import stat
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,8 @@ from typing import Callable
 import pytest
 import requests
 
-from requests_opsnow import OpsNowAuth
+from requests_opsnow import OpsNowAuth, Token
+from requests_opsnow._token import MAX_TOKEN_LENGTH, token_to_record
 from requests_opsnow.cache import cache_key
 from requests_opsnow.filecache import FileTokenCache, default_cache_dir
 from requests_opsnow.testing import FakeOpsNow
@@ -265,3 +267,29 @@ def test_no_home_directory_degrades_to_memory(
     auth = make_auth(cache=FileTokenCache())
     assert auth.get_token() == auth.get_token() == fake.issued_tokens[0]
     assert fake.token_requests == 1
+
+
+def test_token_files_in_a_folder_owned_by_another_user_are_not_read(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
+) -> None:
+    directory = tmp_path / "planted"
+    directory.mkdir(mode=0o700)
+    now = time.time()
+    planted = Token("planted-token", expires_at=now + 1800, issued_at=now - 60)
+    token_file(fake, directory).write_text(token_to_record(planted))
+    os.chown(directory, 65534, -1)  # someone else's folder, holding a file that looks ours
+    assert make_auth(cache=FileTokenCache(directory)).get_token() == fake.issued_tokens[0]
+    assert fake.token_requests == 1
+
+
+def test_the_longest_token_makes_a_record_that_reads_back(tmp_path: Path) -> None:
+    now = time.time()
+    longest = Token("t" * MAX_TOKEN_LENGTH, expires_at=now + 600, issued_at=now)
+    FileTokenCache(tmp_path).set("k", longest)
+    assert FileTokenCache(tmp_path).get("k") == longest
+
+
+def test_lock_timeout_is_the_deprecated_name_of_lock_wait(tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning, match="lock_wait"):
+        cache = FileTokenCache(tmp_path, lock_timeout=5.0)
+    assert cache.lock_wait == 5.0

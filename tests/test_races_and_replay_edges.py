@@ -9,6 +9,7 @@ normalised like request hosts.
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -285,3 +286,30 @@ def test_a_failed_refresh_of_a_still_valid_token_keeps_it_when_asked_for_a_fresh
     clock.advance(200)  # expired now: the failure is the answer
     with pytest.raises(TokenRequestError):
         auth.get_token_info(fresh=True)
+
+
+def test_the_401_stays_in_history_when_the_replay_is_redirected(
+    redirect_fake: FakeOpsNow,
+) -> None:
+    fake = redirect_fake
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    with requests.Session() as s:
+        s.auth = auth
+        s.get(fake.base_url + COMPANIES, timeout=10)
+        fake.revoke_tokens()
+        sent = s.prepare_request(
+            requests.Request("GET", fake.base_url + "/test/echo", params={"then": COMPANIES})
+        )
+        response = s.send(sent, timeout=10)
+        assert response.status_code == 200
+        statuses = [r.status_code for r in response.history]
+        assert statuses[0] == 401  # the 401 that caused the replay comes first
+        assert 302 in statuses
+        pickled = pickle.loads(pickle.dumps(response))
+        assert [r.status_code for r in pickled.history] == statuses
+        # Sending the same request (with its revoked token) again is a new story of its
+        # own: its own 401 and replay, none of the first story's responses.
+        again = s.send(sent, timeout=10)
+    assert again.status_code == 200
+    assert [r.status_code for r in again.history] == statuses
+    assert not {id(r) for r in again.history} & {id(r) for r in response.history}

@@ -11,6 +11,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +27,7 @@ from requests_opsnow.cache import cache_key
 from requests_opsnow.rediscache import BREAKER_MAX_PAUSE, RedisTokenCache
 from requests_opsnow.testing import FakeOpsNow
 
-from ._workers import fleet_member, get_with_the_environments_cache
+from ._workers import fleet_member, get_with_the_environments_cache, token_of
 from .conftest import FakeClock, tokens_together
 from .redis_support import RedisServer
 
@@ -271,7 +272,7 @@ def test_a_lock_holder_killed_with_sigkill_blocks_others_only_until_the_lock_exp
         assert holder.stdout.readline().strip() == "locked"
         holder.kill()
         holder.wait(10)
-        cache = make_cache(new_client(redis_url), prefix=prefix, lock_timeout=1.5)
+        cache = make_cache(new_client(redis_url), prefix=prefix, lock_lease=1.5)
         assert make_auth(cache=cache).get_token() == fake.issued_tokens[0]
         assert fake.token_requests == 1
     finally:
@@ -344,7 +345,7 @@ def test_a_hung_redis_costs_one_short_timeout_not_a_stall(
     assert fake.token_requests == 2
 
 
-def test_a_live_lock_holder_keeps_the_fleet_lock_while_its_fetch_outlasts_lock_timeout(
+def test_a_live_lock_holder_keeps_the_fleet_lock_while_its_fetch_outlasts_its_lease(
     fake: FakeOpsNow,
     make_auth: MakeAuth,
     redis_url: str,
@@ -354,9 +355,77 @@ def test_a_live_lock_holder_keeps_the_fleet_lock_while_its_fetch_outlasts_lock_t
 ) -> None:
     fake.set_token_delay(1.5)  # longer than the lock timeout
     hosts = [
-        make_auth(cache=make_cache(new_client(redis_url), prefix=prefix, lock_timeout=1.0))
+        make_auth(cache=make_cache(new_client(redis_url), prefix=prefix, lock_lease=1.0))
         for _ in range(2)
     ]
     tokens = tokens_together(hosts)
     assert len(tokens) == 2
     assert fake.token_requests == 1
+
+
+def test_a_blocking_pool_gets_the_same_safeguards_and_pickles(
+    fake: FakeOpsNow, make_auth: MakeAuth, own_redis: RedisServer
+) -> None:
+    pool = redis.BlockingConnectionPool(host="127.0.0.1", port=own_redis.port, timeout=5)
+    client = redis.Redis(connection_pool=pool)  # no socket timeout, retries by default
+    cache = RedisTokenCache(client, prefix="blocking:")
+    try:
+        auth = make_auth(cache=cache)
+        assert fake.api_key.encode() not in pickle.dumps(cache)
+        copied = pickle.loads(pickle.dumps(auth))
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)  # alive, accepting, never answering
+        outcome: list[str] = []
+        worker = threading.Thread(target=lambda: outcome.append(auth.get_token()))
+        worker.start()
+        worker.join(10)  # one socket timeout of the cache's own connections, then a local fetch
+        assert outcome == [fake.issued_tokens[0]]
+        copied._store.close()
+    finally:
+        own_redis.process and own_redis.process.send_signal(signal.SIGCONT)
+        cache.close()
+        client.close()
+
+
+def test_an_auth_pickled_with_a_host_and_port_client_works_in_a_spawned_process(
+    fake: FakeOpsNow, make_auth: MakeAuth, own_redis: RedisServer
+) -> None:
+    client = redis.Redis(host="127.0.0.1", port=own_redis.port)
+    cache = RedisTokenCache(client, prefix="spawned:")
+    try:
+        auth = make_auth(cache=cache)
+        auth.get_token()
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            token = pool.submit(token_of, auth).result(timeout=60)
+    finally:
+        cache.close()
+        client.close()
+    assert token == fake.issued_tokens[0]  # read from Redis in the other process
+    assert fake.token_requests == 1
+
+
+def test_a_lock_key_without_expiry_is_no_live_holder(
+    fake: FakeOpsNow,
+    make_auth: MakeAuth,
+    client: Any,
+    prefix: str,
+    make_cache: Callable[..., RedisTokenCache],
+) -> None:
+    auth = make_auth(cache=make_cache(client, prefix=prefix))
+    client.set(f"{prefix}lock:{cache_key(fake.token_url, fake.api_key)}", "planted")  # no TTL
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(auth.get_token()))
+    worker.start()
+    worker.join(10)  # not the 120 s a live holder could take
+    assert outcome == [fake.issued_tokens[0]]
+    assert fake.token_requests == 1
+
+
+def test_lock_timeout_is_the_deprecated_name_of_lock_lease(client: Any) -> None:
+    with pytest.warns(DeprecationWarning, match="lock_lease"):
+        cache = RedisTokenCache(client, lock_timeout=7.0)
+    try:
+        assert cache.lock_lease == 7.0
+    finally:
+        cache.close()
