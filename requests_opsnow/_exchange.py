@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 import re
 import socket
@@ -20,6 +21,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from . import _clock
+from ._error_body import read_error_body
 from ._hosts import safe_url
 from ._lifecycle import Cancellation
 from ._token import Token, parse_token_payload
@@ -410,17 +412,14 @@ def _describe_failure(response: requests.Response, api_key: str) -> str:
         payload = response.json()
     except (ValueError, RecursionError):
         return text
-    server_message = _server_error(payload, api_key) if isinstance(payload, dict) else ""
+    server_message = _server_error(payload, api_key)
     return f"{text}: {server_message}" if server_message else text
 
 
-def _server_error(payload: dict[str, Any], api_key: str) -> str:
+def _server_error(payload: Any, api_key: str) -> str:
     """The server's own error message, cut short and with the key masked."""
-    error = payload.get("error")
-    message = error.get("message") if isinstance(error, dict) else payload.get("message")
-    if not isinstance(message, str):
-        return ""
-    return _masked(message, api_key)[:_MAX_MESSAGE]
+    message = read_error_body(payload).message
+    return _masked(message, api_key)[:_MAX_MESSAGE] if message is not None else ""
 
 
 def _reason_phrase(response: requests.Response) -> str:
@@ -453,18 +452,30 @@ def _retry_delay(error: TokenRequestError, attempt: int) -> float:
 
 
 def _retry_after(response: requests.Response) -> float | None:
+    """The server's ``Retry-After`` in seconds from now (seconds or an HTTP date); None if
+    absent or unreadable."""
     value = response.headers.get("Retry-After")
     if not value:
         return None
+    seconds: float | None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = _seconds_until(value)
+    if seconds is None or not math.isfinite(seconds):
         return None
-    return max(0.0, when.timestamp() - _clock.now())
+    return max(0.0, seconds)
+
+
+def _seconds_until(http_date: str) -> float | None:
+    try:
+        when = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    try:
+        return when.timestamp() - _clock.now()
+    except (ValueError, OverflowError):  # a date Python cannot place in time
+        return None
 
 
 def _reason(error: TokenRequestError) -> str:

@@ -88,11 +88,11 @@ def _allowed_entry(entry: str) -> tuple[str, int | None]:
     if "://" in text or "/" in text:
         raise ValueError(f"allowed_hosts takes host names, not URLs: {safe_url(entry)!r}")
     wildcard = text.startswith("*.")
-    parts = urlsplit("//" + (text[2:] if wildcard else text))
     try:
+        parts = urlsplit("//" + (text[2:] if wildcard else text))
         port = parts.port
     except ValueError:
-        raise ValueError(f"allowed_hosts entry has a bad port: {text!r}") from None
+        raise ValueError(f"allowed_hosts entry is not a host or host:port: {text!r}") from None
     host = (parts.hostname or "").rstrip(".")
     if not host or "@" in text:
         raise ValueError(f"allowed_hosts entry names no host: {safe_url('//' + text)!r}")
@@ -137,11 +137,11 @@ class HostPolicy:
         return decision
 
     def _decide(self, origin: str) -> Decision:
-        parts = urlsplit(origin)
-        host = (parts.hostname or "").rstrip(".")
         try:
+            parts = urlsplit(origin)
+            host = (parts.hostname or "").rstrip(".")
             port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
-        except ValueError:  # not a port: not a host of ours either
+        except ValueError:  # not a URL requests would send: not a host of ours either
             return Decision.SKIP
         if not self._trusts(host, port):
             return Decision.SKIP

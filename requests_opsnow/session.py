@@ -51,6 +51,7 @@ from urllib3.util.retry import Retry
 
 from . import __version__, _clock
 from ._config import resolve_base_url
+from ._error_body import read_error_body
 from ._hosts import safe_url
 from ._replay import unreplayable_body
 from .auth import OpsNowAuth
@@ -386,16 +387,11 @@ def opsnow_error_text(response: requests.Response) -> str:
 
 def _describe(response: requests.Response) -> tuple[str, int | str, str]:
     status = response.status_code
-    error = _error_object(response)
-    code = error.get("code")
+    body = read_error_body(_json_or_none(response))
+    code: int | str = status if body.code is None else body.code
     if isinstance(code, str):
         code = _one_line(code, response)
-    if isinstance(code, bool) or not isinstance(code, (int, str)) or code == "":
-        code = status
-    message = error.get("message")
-    if not isinstance(message, str) or not message.strip():
-        message = _reason(response)
-    message = _one_line(message, response)
+    message = _one_line(body.message if body.message is not None else _reason(response), response)
     request: requests.PreparedRequest | None = getattr(response, "request", None)
     method = request.method if request is not None else None
     url = response.url or (request.url if request is not None else None) or ""
@@ -405,14 +401,11 @@ def _describe(response: requests.Response) -> tuple[str, int | str, str]:
     return text, code, message
 
 
-def _error_object(response: requests.Response) -> dict[str, object]:
-    """``error`` of an OpsNow error body ``{"status": "fail", "error": {...}}``, else empty."""
+def _json_or_none(response: requests.Response) -> Any:
     try:
-        payload = response.json()
-    except (ValueError, RuntimeError, requests.RequestException):  # not JSON, or consumed
-        return {}
-    error = payload.get("error") if isinstance(payload, dict) else None
-    return error if isinstance(error, dict) else {}
+        return response.json()
+    except (ValueError, RuntimeError, RecursionError, requests.RequestException):
+        return None  # not JSON, absurdly deep, or already consumed
 
 
 def _reason(response: requests.Response) -> str:

@@ -15,11 +15,20 @@ from typing import Any, Callable
 import pytest
 import requests
 import trustme
+from hypothesis import settings
 
 from requests_opsnow import OpsNowAuth, _clock
 from requests_opsnow.testing import FakeOpsNow
 
 OTHER_HOST = "127.0.0.2"
+
+# Property tests: thorough by hand, bounded under CI (.ci/run sets CI=true); no deadline,
+# because these machines are shared and a slow example is not a failure.
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.register_profile("ci", max_examples=60, deadline=None, print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 
 @pytest.fixture(autouse=True)
