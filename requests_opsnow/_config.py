@@ -22,8 +22,13 @@ REGIONS = {"global": GLOBAL_BASE_URL, "kr": KOREA_BASE_URL, "legacy": LEGACY_BAS
 DEFAULT_REFRESH_MARGIN = 300.0
 """Seconds before expiry at which a token is due for (early, background) refresh."""
 
-DEFAULT_TIMEOUT = 10.0
-"""Seconds a token request may take to connect, and to answer."""
+TOKEN_TIMEOUT = 10.0
+"""Seconds a token request may take to connect, and to answer (``OpsNowAuth(timeout=)``,
+``opsnow --timeout``)."""
+
+API_TIMEOUT = (10.0, 60.0)
+"""Seconds an API request may take to connect, and then to answer: ``OpsNowSession.timeout``
+(settable; requests' own default is to wait forever)."""
 
 DEFAULT_MAX_RETRIES = 3
 """Retries of a token request that failed transiently (connection, timeout, 429, 5xx)."""
@@ -77,7 +82,7 @@ def non_negative_seconds(value: float, name: str) -> float:
 
 def check_timeout(timeout: object) -> float | tuple[float, float]:
     if timeout is None:
-        return DEFAULT_TIMEOUT
+        return TOKEN_TIMEOUT
     if isinstance(timeout, tuple) and len(timeout) == 2:
         connect, read = (_positive(part, "timeout") for part in timeout)
         return (connect, read)
@@ -116,7 +121,7 @@ def store_place_from_environment() -> str | None:
     spec = os.environ.get(TOKEN_CACHE_ENV, "").strip()
     if spec in ("", "memory"):
         return None
-    return _place(spec)
+    return _place_named_by(spec)
 
 
 class _StoresByPlace(RuntimeState):
@@ -148,7 +153,7 @@ def store_at(place: str) -> TokenCache:
     return _stores_by_place.at(place)
 
 
-def _place(spec: str) -> str:
+def _place_named_by(spec: str) -> str:
     """``file:/folder`` (the default folder resolved now) or a Redis URL; else ValueError."""
     from ._hosts import safe_url
 

@@ -8,7 +8,10 @@ the token request both read them here.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, NamedTuple
+
+import requests
 
 _CODE_KEYS = ("code", "Code")
 _MESSAGE_KEYS = ("message", "Message")
@@ -34,6 +37,19 @@ def read_error_body(payload: Any) -> ErrorBody:
     if not isinstance(message, str) or not message.strip():
         message = None
     return ErrorBody(code, message)
+
+
+def reason_phrase(response: requests.Response) -> str:
+    """The status line's reason phrase, else the standard one for the status."""
+    reason: object = response.reason
+    if isinstance(reason, bytes):
+        reason = reason.decode("latin-1")
+    if isinstance(reason, str) and reason.strip():
+        return reason
+    try:
+        return HTTPStatus(response.status_code).phrase
+    except ValueError:
+        return "HTTP error"
 
 
 def _first(source: dict[Any, Any], keys: tuple[str, ...]) -> Any:

@@ -21,7 +21,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from . import _clock
-from ._error_body import read_error_body
+from ._error_body import read_error_body, reason_phrase
 from ._hosts import safe_url
 from ._lifecycle import Cancellation
 from ._token import Token, parse_token_payload
@@ -189,7 +189,7 @@ def _with_retries(
             slept += delay
             log.debug(
                 "token request failed (%s); retry %d of %d in %.2f s",
-                _reason(error),
+                _failure_kind(error),
                 attempt,
                 endpoint.max_retries,
                 delay,
@@ -407,7 +407,8 @@ def _parse_success(response: requests.Response, endpoint: TokenEndpoint, api_key
 
 
 def _describe_failure(response: requests.Response, api_key: str) -> str:
-    text = _masked(f"HTTP {response.status_code} {_reason_phrase(response)}", api_key).rstrip()
+    phrase = reason_phrase(response)[:_MAX_MESSAGE]
+    text = _masked(f"HTTP {response.status_code} {phrase}", api_key).rstrip()
     try:
         payload = response.json()
     except (ValueError, RecursionError):
@@ -420,13 +421,6 @@ def _server_error(payload: Any, api_key: str) -> str:
     """The server's own error message, cut short and with the key masked."""
     message = read_error_body(payload).message
     return _masked(message, api_key)[:_MAX_MESSAGE] if message is not None else ""
-
-
-def _reason_phrase(response: requests.Response) -> str:
-    reason: object = response.reason
-    if isinstance(reason, bytes):
-        reason = reason.decode("latin-1")
-    return reason[:_MAX_MESSAGE] if isinstance(reason, str) else ""
 
 
 def _masked(text: str, api_key: str) -> str:
@@ -478,7 +472,8 @@ def _seconds_until(http_date: str) -> float | None:
         return None
 
 
-def _reason(error: TokenRequestError) -> str:
+def _failure_kind(error: TokenRequestError) -> str:
+    """``HTTP 503`` or the exception's type name, for the retry log line."""
     if error.response is not None:
         return f"HTTP {error.response.status_code}"
     cause = error.__cause__

@@ -69,7 +69,7 @@ def replay_with(
         return response
     retry.headers["Authorization"] = header
     setattr(retry, _REPLAYED, True)
-    log.debug("replaying %s once with a new token", _describe(request))
+    log.debug("replaying %s once with a new token", _method_and_url(request))
     started = time.perf_counter()
     new_response: requests.Response = connection.send(retry, **send_options)
     new_response.elapsed = timedelta(seconds=time.perf_counter() - started)
@@ -178,7 +178,7 @@ def _skip(
 ) -> None:
     drop_rejected()
     message = (
-        f"not replaying {_describe(request)} after a 401: {problem}; the 401 is returned,"
+        f"not replaying {_method_and_url(request)} after a 401: {problem}; the 401 is returned,"
         " and the next request gets a new token"
     )
     log.warning("%s", message)
@@ -239,5 +239,5 @@ def _add_cookies_set_by(response: requests.Response, request: requests.PreparedR
     request.prepare_cookies(jar)
 
 
-def _describe(request: requests.PreparedRequest) -> str:
+def _method_and_url(request: requests.PreparedRequest) -> str:
     return f"{request.method} {safe_url(request.url or '')}"

@@ -122,22 +122,13 @@ def _token_in_record(raw: str | bytes) -> Token | None:
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         return None
     value = check_token_value(record["access_token"])
-    expires_at, issued_at = _finite(record["expires_at"]), _finite(record["issued_at"])
+    expires_at = _finite_number(record["expires_at"], strings=False)
+    issued_at = _finite_number(record["issued_at"], strings=False)
     if expires_at is None or issued_at is None:
         return None
     if not 0 < expires_at - issued_at <= MAX_LIFETIME:
         return None
     return Token(value, expires_at, issued_at)
-
-
-def _finite(raw: object) -> float | None:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        return None
-    try:
-        number = float(raw)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def check_token_value(value: object) -> str:
@@ -218,11 +209,9 @@ def _claimed_expiry(source: dict[str, Any], token: str, *, now: float) -> float:
     return now + DEFAULT_LIFETIME
 
 
-def _number(raw: object) -> float | None:
-    """A finite number from a JSON number or numeric string, else None."""
-    if isinstance(raw, bool):
-        return None
-    if not isinstance(raw, (int, float, str)):
+def _finite_number(raw: object, *, strings: bool = True) -> float | None:
+    """A finite number from a JSON number (or, with ``strings``, a numeric string); else None."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str) if strings else (int, float)):
         return None
     try:
         number = float(raw.strip() if isinstance(raw, str) else raw)
@@ -232,14 +221,14 @@ def _number(raw: object) -> float | None:
 
 
 def _positive_seconds(raw: object, key: str) -> float:
-    seconds = _number(raw)
+    seconds = _finite_number(raw)
     if seconds is None or seconds <= 0:
         raise TokenResponseError(f"the token response's {key} is not a positive number of seconds")
     return seconds
 
 
 def _absolute_expiry(raw: object, key: str, *, now: float) -> float:
-    epoch = _number(raw)
+    epoch = _finite_number(raw)
     if epoch is not None and epoch > _MILLISECONDS_THRESHOLD:
         epoch /= 1000.0
     if epoch is None and isinstance(raw, str):
@@ -290,4 +279,4 @@ def jwt_expiry(token: str) -> float | None:
         return None
     if not isinstance(claims, dict):
         return None
-    return _number(claims.get("exp"))
+    return _finite_number(claims.get("exp"))

@@ -21,8 +21,8 @@ from . import _clock
 from ._config import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_REFRESH_MARGIN,
-    DEFAULT_TIMEOUT,
     TOKEN_PATH,
+    TOKEN_TIMEOUT,
     check_max_retries,
     check_refresh_margin,
     check_timeout,
@@ -61,7 +61,7 @@ class OpsNowAuth(RuntimeState, AuthBase):
         base_url: str | None = None,
         token_url: str | None = None,
         refresh_margin: float | None = DEFAULT_REFRESH_MARGIN,
-        timeout: float | tuple[float, float] | None = DEFAULT_TIMEOUT,
+        timeout: float | tuple[float, float] | None = TOKEN_TIMEOUT,
         max_retries: int | None = DEFAULT_MAX_RETRIES,
         allowed_hosts: Iterable[str] | None = None,
         cache: TokenCache | None = None,

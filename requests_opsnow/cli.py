@@ -20,7 +20,14 @@ from urllib.parse import urlsplit
 import requests
 
 from . import __version__
-from ._config import API_KEY_ENV, BASE_URL_ENV, REGIONS, TOKEN_CACHE_ENV, base_url_for_region
+from ._config import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    REGIONS,
+    TOKEN_CACHE_ENV,
+    TOKEN_TIMEOUT,
+    base_url_for_region,
+)
 from .errors import OpsNowAuthError
 
 if TYPE_CHECKING:
@@ -238,7 +245,10 @@ def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         help="API region instead of a URL",
     )
     parser.add_argument(
-        "--timeout", type=float, default=default(10.0), help="token request timeout in seconds"
+        "--timeout",
+        type=float,
+        default=default(TOKEN_TIMEOUT),
+        help="token request timeout in seconds",
     )
     parser.add_argument(
         "--no-cache",

@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -50,8 +49,8 @@ from urllib3.exceptions import InvalidHeader, MaxRetryError, ReadTimeoutError, R
 from urllib3.util.retry import Retry
 
 from . import __version__, _clock
-from ._config import resolve_base_url
-from ._error_body import read_error_body
+from ._config import API_TIMEOUT, resolve_base_url
+from ._error_body import read_error_body, reason_phrase
 from ._hosts import safe_url
 from ._replay import unreplayable_body
 from .auth import OpsNowAuth
@@ -88,9 +87,6 @@ RETRY_BACKOFF_MAX = 10.0
 
 RETRY_AFTER_MAX = 60.0
 """The longest ``Retry-After`` waited for, in seconds; a longer one returns the response at once."""
-
-DEFAULT_TIMEOUT = (10.0, 60.0)
-"""Seconds to connect to, and then to wait for, the API: ``session.timeout``, settable."""
 
 MESSAGE_MAX = 300
 """Characters of the server's error message kept in an :class:`OpsNowAPIError`."""
@@ -205,7 +201,7 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
     ``retries``: ``None`` for the default policy, an int for that many
     retries under it (``0``: none), or a urllib3 ``Retry`` used as given.
     ``close()`` also closes an OpsNowAuth the session built itself.
-    ``timeout`` (default :data:`DEFAULT_TIMEOUT`) applies to every request that
+    ``timeout`` (default :data:`API_TIMEOUT`) applies to every request that
     gives none; set it to ``None`` to wait forever, as plain requests does.
     """
 
@@ -233,7 +229,7 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         super().__init__(base_url=root + "/")
         self.auth = auth
         self._own_auth = own_auth
-        self.timeout: float | tuple[float, float] | None = DEFAULT_TIMEOUT
+        self.timeout: float | tuple[float, float] | None = API_TIMEOUT
         self.headers["User-Agent"] = USER_AGENT
         if verify is not None:
             self.verify = verify
@@ -372,7 +368,7 @@ def raise_for_opsnow_error(response: requests.Response) -> None:
     responses already do this.
     """
     if 400 <= response.status_code < 600:
-        text, code, message = _describe(response)
+        text, code, message = _api_error(response)
         raise OpsNowAPIError(text, code=code, message=message, response=response)
 
 
@@ -382,16 +378,18 @@ def opsnow_error_text(response: requests.Response) -> str:
     The URL loses its query string and credentials; a token in the server's
     message is masked.
     """
-    return _describe(response)[0]
+    return _api_error(response)[0]
 
 
-def _describe(response: requests.Response) -> tuple[str, int | str, str]:
+def _api_error(response: requests.Response) -> tuple[str, int | str, str]:
+    """The message, code and server message of an :class:`OpsNowAPIError` for ``response``."""
     status = response.status_code
     body = read_error_body(_json_or_none(response))
     code: int | str = status if body.code is None else body.code
     if isinstance(code, str):
         code = _one_line(code, response)
-    message = _one_line(body.message if body.message is not None else _reason(response), response)
+    message = body.message if body.message is not None else reason_phrase(response)
+    message = _one_line(message, response)
     request: requests.PreparedRequest | None = getattr(response, "request", None)
     method = request.method if request is not None else None
     url = response.url or (request.url if request is not None else None) or ""
@@ -406,18 +404,6 @@ def _json_or_none(response: requests.Response) -> Any:
         return response.json()
     except (ValueError, RuntimeError, RecursionError, requests.RequestException):
         return None  # not JSON, absurdly deep, or already consumed
-
-
-def _reason(response: requests.Response) -> str:
-    reason: object = response.reason
-    if isinstance(reason, bytes):
-        reason = reason.decode("utf-8", "replace")
-    if isinstance(reason, str) and reason.strip():
-        return reason
-    try:
-        return HTTPStatus(response.status_code).phrase
-    except ValueError:
-        return "HTTP error"
 
 
 def _one_line(text: str, response: requests.Response) -> str:

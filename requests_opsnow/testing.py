@@ -81,7 +81,7 @@ class _Failure:
     trickle: float = 0.0
 
 
-def _reason(status: int) -> str:
+def _standard_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -93,11 +93,12 @@ def _json(status: int, payload: object, headers: dict[str, str] | None = None) -
 
 
 def _fail(status: int, message: str | None = None, **headers: str) -> _Reply:
-    error = {"code": status, "message": message or _reason(status)}
+    error = {"code": status, "message": message or _standard_phrase(status)}
     return _json(status, {"status": "fail", "error": error}, headers)
 
 
-def _number(value: float) -> float | int:
+def _json_number(value: float) -> float | int:
+    """``3600`` rather than ``3600.0`` in a JSON body, as a real server would write it."""
     return int(value) if float(value).is_integer() else value
 
 
@@ -444,12 +445,16 @@ class FakeOpsNow:
         self._token_gate.wait()
         token, ttl = self._issue()
         if oauth:
-            payload = {"access_token": token, "token_type": "Bearer", "expires_in": _number(ttl)}
+            payload = {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": _json_number(ttl),
+            }
             return _json(200, payload)
         factory = self._body_factory
         if factory is not None:
             return _json(200, factory(token, ttl))
-        data = {"accessToken": token, "expiresIn": _number(ttl)}
+        data = {"accessToken": token, "expiresIn": _json_number(ttl)}
         return _json(200, {"status": "success", "data": data})
 
     @staticmethod

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import ssl
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +15,8 @@ from hypothesis import settings
 
 from requests_opsnow import OpsNowAuth, _clock
 from requests_opsnow.testing import FakeOpsNow
+
+from .helpers import Cli, FakeClock
 
 OTHER_HOST = "127.0.0.2"
 
@@ -106,32 +104,6 @@ def make_auth(fake: FakeOpsNow) -> Iterator[Callable[..., OpsNowAuth]]:
         auth.close()
 
 
-class Cli:
-    """Runs ``python -m requests_opsnow`` as a real subprocess, pointed at ``fake``."""
-
-    def __init__(self, fake: FakeOpsNow, home: Path) -> None:
-        self.fake = fake
-        self.cache_home = home / "xdg"
-        self.env = {
-            "PATH": os.environ.get("PATH", ""),
-            "HOME": str(home),
-            "XDG_CACHE_HOME": str(self.cache_home),
-            "OPSNOW_API_KEY": fake.api_key,
-            "OPSNOW_BASE_URL": fake.base_url,
-            "PYTHONPATH": os.pathsep.join(sys.path),
-        }
-
-    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        environment = {**self.env, **env}
-        for name, value in env.items():
-            if value == "":
-                environment.pop(name)
-        return subprocess.run(
-            [sys.executable, "-m", "requests_opsnow", *args],
-            env=environment, capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-
-
 @pytest.fixture
 def cli(fake: FakeOpsNow, tmp_path: Path) -> Cli:
     return Cli(fake, tmp_path)
@@ -143,39 +115,9 @@ def session() -> Iterator[requests.Session]:
         yield s
 
 
-class FakeClock:
-    """Wall-clock time that only moves when a test says so; sleeping advances it."""
-
-    def __init__(self, start: float) -> None:
-        self.time = start
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.time
-
-    def advance(self, seconds: float) -> None:
-        self.time += seconds
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.time += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake_clock = FakeClock(_clock.now())
     monkeypatch.setattr(_clock, "now", fake_clock.now)
     monkeypatch.setattr(_clock, "sleep", fake_clock.sleep)
     return fake_clock
-
-
-def tokens_together(auths: list[OpsNowAuth]) -> list[str]:
-    """``get_token()`` on each auth, in threads released at the same instant."""
-    barrier = threading.Barrier(len(auths))
-
-    def one(auth: OpsNowAuth) -> str:
-        barrier.wait(10)
-        return auth.get_token()
-
-    with ThreadPoolExecutor(max_workers=len(auths)) as pool:
-        return list(pool.map(one, auths, timeout=30))

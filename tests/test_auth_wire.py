@@ -6,8 +6,6 @@ import hashlib
 import io
 import logging
 import os
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -17,33 +15,11 @@ from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder
 
 from requests_opsnow import OpsNowAuth, OpsNowAuthError, ReplaySkippedWarning
-from requests_opsnow.testing import FakeOpsNow, RecordedRequest
+from requests_opsnow.testing import FakeOpsNow
 
-from .conftest import FakeClock
+from .helpers import COMPANIES, FakeClock, MakeAuth, bearer, refresh_threads, wait_until
 
 pytestmark = pytest.mark.timeout(20)
-
-COMPANIES = "/platform/v2/companies"
-MakeAuth = Callable[..., OpsNowAuth]
-
-
-def bearer(request: RecordedRequest) -> str | None:
-    value = request.header("Authorization")
-    return value.removeprefix("Bearer ") if value else None
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` (a background refresh or a server count) until true or timed out."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def refresh_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "requests-opsnow-refresh"]
 
 
 # -- B1 cache ----------------------------------------------------------------------

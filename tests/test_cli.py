@@ -15,7 +15,7 @@ import requests
 
 from requests_opsnow.testing import FakeOpsNow
 
-from .conftest import Cli
+from .helpers import Cli
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,41 +6,26 @@ import faulthandler
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import pytest
-import requests
 
 from requests_opsnow import OpsNowAuth, TokenRequestError, _runtime
 from requests_opsnow._lifecycle import EARLY_RETRY_DELAY
 from requests_opsnow.testing import FakeOpsNow
 
-from .conftest import FakeClock
-from .test_auth_wire import COMPANIES, bearer, refresh_threads, wait_until
+from .helpers import (
+    COMPANIES,
+    FakeClock,
+    MakeAuth,
+    bearer,
+    get_status,
+    refresh_threads,
+    run_together,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(30)
-
-MakeAuth = Callable[..., OpsNowAuth]
-
-
-def run_together(count: int, action: Callable[[], int]) -> list[int]:
-    """Run ``action`` in ``count`` threads released at the same instant."""
-    barrier = threading.Barrier(count)
-
-    def task() -> int:
-        barrier.wait()
-        return action()
-
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        futures = [pool.submit(task) for _ in range(count)]
-        return [future.result(timeout=20) for future in futures]
-
-
-def get_status(auth: OpsNowAuth, url: str) -> int:
-    with requests.Session() as s:
-        return s.get(url, auth=auth, timeout=10).status_code
 
 
 def test_32_cold_threads_make_exactly_one_token_request(

@@ -21,7 +21,7 @@ from requests_opsnow import OpsNowAuth
 from requests_opsnow._lifecycle import REMEMBERED_LIFECYCLES
 from requests_opsnow.testing import FakeOpsNow
 
-from .test_auth_wire import COMPANIES, bearer, wait_until
+from .helpers import COMPANIES, bearer, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

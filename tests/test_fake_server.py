@@ -33,13 +33,13 @@ def get_token(fake: FakeOpsNow, session: requests.Session | None = None) -> str:
     return token
 
 
-def bearer(token: str) -> dict[str, str]:
+def bearer_header(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
 def companies(fake: FakeOpsNow, token: str, **params: str) -> requests.Response:
     url = fake.base_url + "/platform/v2/companies"
-    return requests.get(url, headers=bearer(token), params=params, timeout=TIMEOUT)
+    return requests.get(url, headers=bearer_header(token), params=params, timeout=TIMEOUT)
 
 
 def handler_threads() -> list[threading.Thread]:
@@ -83,7 +83,7 @@ def test_wrong_key_bad_json_and_wrong_method(fake: FakeOpsNow) -> None:
 
 def test_api_requires_a_valid_token(fake: FakeOpsNow) -> None:
     url = fake.base_url + "/platform/v2/companies"
-    for headers in ({}, bearer("fake-unknown"), {"Authorization": "Basic abc"}):
+    for headers in ({}, bearer_header("fake-unknown"), {"Authorization": "Basic abc"}):
         response = requests.get(url, headers=headers, timeout=TIMEOUT)
         assert response.status_code == 401
         assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -103,7 +103,7 @@ def test_companies_with_token(fake: FakeOpsNow) -> None:
     assert recorded.path == "/platform/v2/companies"
     assert recorded.query == {"page": ["2"]}
     assert recorded.client_host == "127.0.0.1"
-    missing = requests.get(fake.base_url + "/nope", headers=bearer(token), timeout=TIMEOUT)
+    missing = requests.get(fake.base_url + "/nope", headers=bearer_header(token), timeout=TIMEOUT)
     assert missing.status_code == 404
     assert missing.json()["error"]["message"] == "Not found"
 
@@ -193,7 +193,7 @@ def test_chunked_generator_body_is_echoed(fake: FakeOpsNow) -> None:
 
     token = get_token(fake)
     url = fake.base_url + "/test/echo?a=1&a=2"
-    response = requests.put(url, data=gen(), headers=bearer(token), timeout=TIMEOUT)
+    response = requests.put(url, data=gen(), headers=bearer_header(token), timeout=TIMEOUT)
     data = response.json()["data"]
     body = b"".join(parts)
     assert data["method"] == "PUT"
@@ -207,7 +207,7 @@ def test_chunked_generator_body_is_echoed(fake: FakeOpsNow) -> None:
 def test_keep_alive_session(fake: FakeOpsNow) -> None:
     with requests.Session() as session:
         token = get_token(fake, session)
-        session.headers.update(bearer(token))
+        session.headers.update(bearer_header(token))
         for page in ("1", "2", "3"):
             response = session.get(fake.base_url + "/platform/v2/companies", params={"page": page})
             assert response.status_code == 200
@@ -227,7 +227,7 @@ def test_open_paths_redirect_and_status(fake: FakeOpsNow) -> None:
     assert echo.json()["data"]["body_length"] == 3
     token = get_token(fake)
     url = base + "/test/status/429?Retry-After=7"
-    status = requests.get(url, headers=bearer(token), timeout=TIMEOUT)
+    status = requests.get(url, headers=bearer_header(token), timeout=TIMEOUT)
     assert status.status_code == 429
     assert status.headers["Retry-After"] == "7"
     assert status.json()["error"] == {"code": 429, "message": "Too Many Requests"}

@@ -16,18 +16,16 @@ from typing import Callable
 import pytest
 import requests
 
-from requests_opsnow import OpsNowAuth, Token
+from requests_opsnow import Token
 from requests_opsnow._token import MAX_TOKEN_LENGTH, token_to_record
 from requests_opsnow.cache import cache_key
 from requests_opsnow.filecache import FileTokenCache, default_cache_dir
 from requests_opsnow.testing import FakeOpsNow
 
 from ._workers import fetch_with_file_cache
-from .conftest import FakeClock, tokens_together
+from .helpers import FakeClock, MakeAuth, tokens_together
 
 pytestmark = pytest.mark.timeout(60)
-
-MakeAuth = Callable[..., OpsNowAuth]
 
 
 def token_file(fake: FakeOpsNow, directory: Path) -> Path:

@@ -50,8 +50,7 @@ from requests_opsnow._token import (
 from requests_opsnow.cache import cache_key
 from requests_opsnow.testing import FakeOpsNow
 
-from .conftest import FakeClock
-from .test_auth_wire import COMPANIES, wait_until
+from .helpers import COMPANIES, FakeClock, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

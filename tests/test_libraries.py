@@ -24,7 +24,7 @@ from requests_futures.sessions import FuturesSession
 from requests_opsnow import OpsNowAuth, OpsNowSession
 from requests_opsnow.testing import FakeOpsNow
 
-from .test_auth_wire import COMPANIES
+from .helpers import COMPANIES
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,8 +23,8 @@ from requests_opsnow import OpsNowAuth, OpsNowAuthError, OpsNowSession
 from requests_opsnow.demo import run_demo
 from requests_opsnow.testing import FakeOpsNow
 
+from .helpers import COMPANIES
 from .proxy_support import LoggingProxy
-from .test_auth_wire import COMPANIES
 
 pytestmark = pytest.mark.timeout(60)
 

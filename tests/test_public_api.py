@@ -24,7 +24,7 @@ from requests_opsnow import (
 )
 from requests_opsnow.testing import FakeOpsNow
 
-from .conftest import FakeClock
+from .helpers import FakeClock
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

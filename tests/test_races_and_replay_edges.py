@@ -13,7 +13,7 @@ import pickle
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
@@ -22,11 +22,9 @@ from requests_opsnow import OpsNowAuth, TokenRequestError
 from requests_opsnow.cache import MemoryTokenCache
 from requests_opsnow.testing import FakeOpsNow, RecordedRequest
 
-from .test_auth_wire import COMPANIES, bearer
+from .helpers import COMPANIES, MakeAuth, bearer
 
 pytestmark = pytest.mark.timeout(20)
-
-MakeAuth = Callable[..., OpsNowAuth]
 
 
 # -- a stale cache read resurrects the token the server just rejected -----------------

@@ -22,19 +22,16 @@ import pytest
 import redis
 import requests
 
-from requests_opsnow import OpsNowAuth, OpsNowSession, Token
+from requests_opsnow import OpsNowSession, Token
 from requests_opsnow.cache import cache_key
 from requests_opsnow.rediscache import BREAKER_MAX_PAUSE, RedisTokenCache
 from requests_opsnow.testing import FakeOpsNow
 
 from ._workers import fleet_member, get_with_the_environments_cache, token_of
-from .conftest import FakeClock, tokens_together
+from .helpers import COMPANIES, FakeClock, MakeAuth, tokens_together
 from .redis_support import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
-
-COMPANIES = "/platform/v2/companies"
-MakeAuth = Callable[..., OpsNowAuth]
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,9 @@ import requests
 from requests_opsnow import OpsNowAuth, OpsNowSession, TokenRequestError
 from requests_opsnow.testing import FakeOpsNow
 
-from .conftest import FakeClock
-from .test_auth_wire import COMPANIES, bearer, refresh_threads, wait_until
+from .helpers import COMPANIES, FakeClock, MakeAuth, bearer, refresh_threads, wait_until
 
 pytestmark = pytest.mark.timeout(20)
-
-MakeAuth = Callable[..., OpsNowAuth]
 
 
 def secrets_of(fake: FakeOpsNow) -> list[str]:

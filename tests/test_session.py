@@ -18,8 +18,8 @@ from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from requests_opsnow import GLOBAL_BASE_URL, OpsNowAPIError, OpsNowAuth, __version__
+from requests_opsnow._config import API_TIMEOUT
 from requests_opsnow.session import (
-    DEFAULT_TIMEOUT,
     RETRY_AFTER_MAX,
     OpsNowSession,
     _OpsNowRetry,
@@ -29,13 +29,10 @@ from requests_opsnow.session import (
 )
 from requests_opsnow.testing import FakeOpsNow
 
-from .conftest import FakeClock
-from .test_auth_wire import wait_until
+from .helpers import COMPANIES, FakeClock, MakeAuth, wait_until
 
 pytestmark = pytest.mark.timeout(20)
 
-COMPANIES = "/platform/v2/companies"
-MakeAuth = Callable[..., OpsNowAuth]
 MakeSession = Callable[..., OpsNowSession]
 
 
@@ -476,4 +473,4 @@ def test_every_request_has_a_timeout_unless_told_otherwise(
         s.get(COMPANIES, timeout=3)
         s.timeout = None
         s.get(COMPANIES)
-    assert recorder.timeouts == [DEFAULT_TIMEOUT, 3, None]
+    assert recorder.timeouts == [API_TIMEOUT, 3, None]

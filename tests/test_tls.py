@@ -13,8 +13,7 @@ import requests
 from requests_opsnow import OpsNowAuth, OpsNowSession, TokenRequestError
 from requests_opsnow.testing import FakeOpsNow
 
-from .conftest import FakeClock
-from .test_auth_wire import COMPANIES
+from .helpers import COMPANIES, FakeClock
 
 pytestmark = pytest.mark.timeout(30)
 

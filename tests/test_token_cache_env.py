@@ -15,8 +15,7 @@ from requests_opsnow.cache import cache_key
 from requests_opsnow.testing import FakeOpsNow
 
 from ._workers import get_with_the_environments_cache
-from .conftest import Cli
-from .test_auth_wire import COMPANIES
+from .helpers import COMPANIES, Cli
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -30,12 +30,11 @@ from requests_opsnow import (
 )
 from requests_opsnow.testing import FakeOpsNow
 
+from .helpers import COMPANIES, MakeAuth
+
 pytestmark = pytest.mark.timeout(15)
 
-COMPANIES = "/platform/v2/companies"
 TIMEOUT = 5.0  # for the API request itself; the token request has its own
-
-MakeAuth = Callable[..., OpsNowAuth]
 
 
 def companies_url(base_url: str) -> str:

@@ -1,0 +1,118 @@
+"""Helpers shared by the tests: one definition each (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import requests
+
+from requests_opsnow import OpsNowAuth
+from requests_opsnow.testing import FakeOpsNow, RecordedRequest
+
+T = TypeVar("T")
+
+COMPANIES = "/platform/v2/companies"
+"""The API path most tests call: it needs a valid token."""
+
+MakeAuth = Callable[..., OpsNowAuth]
+"""The ``make_auth`` fixture: OpsNowAuth objects pointed at the test's fake server."""
+
+
+def bearer(request: RecordedRequest) -> str | None:
+    """The token a recorded request carried, if any."""
+    value = request.header("Authorization")
+    return value.removeprefix("Bearer ") if value else None
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` (a background refresh or a server count) until true or timed out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def refresh_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "requests-opsnow-refresh"]
+
+
+def at_once(actions: Sequence[Callable[[], T]]) -> list[T]:
+    """Run each action in a thread of its own, all released at the same instant."""
+    barrier = threading.Barrier(len(actions))
+
+    def run(action: Callable[[], T]) -> T:
+        barrier.wait(10)
+        return action()
+
+    with ThreadPoolExecutor(max_workers=len(actions)) as pool:
+        return list(pool.map(run, actions, timeout=30))
+
+
+def tokens_together(auths: list[OpsNowAuth]) -> list[str]:
+    """``get_token()`` on each auth, in threads released at the same instant."""
+    return at_once([auth.get_token for auth in auths])
+
+
+def run_together(count: int, action: Callable[[], T]) -> list[T]:
+    """``action`` in ``count`` threads released at the same instant."""
+    return at_once([action] * count)
+
+
+def get_status(auth: OpsNowAuth, url: str) -> int:
+    """The status of a GET of ``url`` with ``auth``, on a session of its own."""
+    with requests.Session() as session:
+        return session.get(url, auth=auth, timeout=10).status_code
+
+
+class FakeClock:
+    """Wall-clock time that only moves when a test says so; sleeping advances it."""
+
+    def __init__(self, start: float) -> None:
+        self.time = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.time
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.time += seconds
+
+
+class Cli:
+    """Runs ``python -m requests_opsnow`` as a real subprocess, pointed at ``fake``."""
+
+    def __init__(self, fake: FakeOpsNow, home: Path) -> None:
+        self.fake = fake
+        self.cache_home = home / "xdg"
+        self.env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(home),
+            "XDG_CACHE_HOME": str(self.cache_home),
+            "OPSNOW_API_KEY": fake.api_key,
+            "OPSNOW_BASE_URL": fake.base_url,
+            "PYTHONPATH": os.pathsep.join(sys.path),
+        }
+
+    def __call__(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {**self.env, **env}
+        for name, value in env.items():
+            if value == "":
+                environment.pop(name)
+        return subprocess.run(
+            [sys.executable, "-m", "requests_opsnow", *args],
+            env=environment, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
