@@ -27,6 +27,7 @@ from requests.adapters import BaseAdapter
 from requests.auth import AuthBase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oauth_route import add_oauth_token_route
 from peers import BlockingRefreshAuth, NaiveTokenAuth, StaticBearerAuth
 
 from requests_opsnow import OpsNowAuth
@@ -201,26 +202,40 @@ def auth_call_cost() -> Results:
 # -- token requests under concurrency --------------------------------------------------------
 
 
-def contenders(fake: FakeOpsNow, margin: float) -> dict[str, Callable[[], AuthBase]]:
-    made: dict[str, Callable[[], AuthBase]] = {
-        "requests-opsnow": lambda: OpsNowAuth(
-            fake.api_key, base_url=fake.base_url, refresh_margin=margin
+Contender = tuple[Callable[[], AuthBase], Callable[[], int]]
+"""How to make the auth, and how to count the token requests it made (since it was made)."""
+
+
+def contenders(fake: FakeOpsNow, margin: float) -> dict[str, Contender]:
+    def opsnow_count() -> int:
+        return fake.token_requests
+
+    made: dict[str, Contender] = {
+        "requests-opsnow": (
+            lambda: OpsNowAuth(fake.api_key, base_url=fake.base_url, refresh_margin=margin),
+            opsnow_count,
         ),
-        "hand-written helper": lambda: NaiveTokenAuth(fake.token_url, fake.api_key, margin),
+        "hand-written helper": (
+            lambda: NaiveTokenAuth(fake.token_url, fake.api_key, margin),
+            opsnow_count,
+        ),
     }
     try:
         import requests_auth
     except ImportError:
         return made
 
+    oauth = add_oauth_token_route(fake)  # it speaks OAuth2, not OpsNow's token request
+
     def oauth_peer() -> AuthBase:
         requests_auth.OAuth2.token_cache.clear()  # its cache is process-wide: start cold
+        oauth.reset_counts()
         auth: AuthBase = requests_auth.OAuth2ClientCredentials(
-            fake.base_url + "/oauth/token", "bench-client", fake.api_key, early_expiry=margin
+            oauth.url, "bench-client", fake.api_key, early_expiry=margin
         )
         return auth
 
-    made["requests-auth OAuth2ClientCredentials"] = oauth_peer
+    made["requests-auth OAuth2ClientCredentials"] = (oauth_peer, lambda: oauth.token_requests)
     return made
 
 
@@ -244,10 +259,10 @@ def _hammer(auth: AuthBase, url: str, threads: int, until: float | None) -> list
 def cold_start(fake: FakeOpsNow) -> Results:
     results = {}
     fake.set_token_delay(0.1)
-    for name, make in contenders(fake, margin=30).items():
+    for name, (make, token_requests) in contenders(fake, margin=30).items():
         fake.reset_counts()
         statuses = _hammer(make(), fake.base_url + "/platform/v2/companies", 32, until=None)
-        results[name] = {"token_requests": fake.token_requests, "ok": statuses.count(200)}
+        results[name] = {"token_requests": token_requests(), "ok": statuses.count(200)}
     fake.reset()
     return results
 
@@ -257,13 +272,13 @@ def sustained(fake: FakeOpsNow, ttl: float, margin: float, seconds: float) -> Re
     results: Results = {}
     fake.ttl = ttl
     fake.set_token_delay(0.05)
-    for name, make in contenders(fake, margin=margin).items():
+    for name, (make, token_requests) in contenders(fake, margin=margin).items():
         fake.reset_counts()
         statuses = _hammer(
             make(), fake.base_url + "/platform/v2/companies", 8, time.monotonic() + seconds
         )
         results[name] = {
-            "token_requests": fake.token_requests,
+            "token_requests": token_requests(),
             "requests": len(statuses),
             "non_200": len(statuses) - statuses.count(200),
         }

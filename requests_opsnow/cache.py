@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 from ._runtime import RuntimeState
 from ._token import Token
 
-__all__ = ["MemoryTokenCache", "TokenCache", "cache_key"]
+__all__ = ["MemoryTokenCache", "TokenCache"]
 
 
 def cache_key(token_url: str, api_key: str) -> str:

@@ -124,7 +124,7 @@ def _run_request(args: argparse.Namespace) -> int:
         with response:
             _print_body(response)
             if response.status_code >= 400:
-                raise ApiError(_describe_api_error(response))
+                _raise_api_error(response)
     finally:
         session.close()
         auth.close()
@@ -138,12 +138,16 @@ def _run_fake_server(args: argparse.Namespace) -> int:
 
     with FakeOpsNow(port=args.port, ttl=args.ttl) as fake:
         fake.set_token_delay(args.token_delay)
-        print(f"fake OpsNow server on {fake.base_url} (token lifetime {args.ttl:g} s)")
-        print(f"export {BASE_URL_ENV}={fake.base_url}")
-        print(f"export {API_KEY_ENV}={fake.api_key}")
         host = urlsplit(fake.base_url).hostname
-        print(f"export NO_PROXY={host}${{NO_PROXY:+,$NO_PROXY}}  # never through a proxy")
-        print("press Ctrl-C to stop", flush=True)
+        if args.json:  # one line for programs (benchmarks, scripts) to read
+            details = {"base_url": fake.base_url, "api_key": fake.api_key, "no_proxy": host}
+            print(json.dumps(details), flush=True)
+        else:
+            print(f"fake OpsNow server on {fake.base_url} (token lifetime {args.ttl:g} s)")
+            print(f"export {BASE_URL_ENV}={fake.base_url}")
+            print(f"export {API_KEY_ENV}={fake.api_key}")
+            print(f"export NO_PROXY={host}${{NO_PROXY:+,$NO_PROXY}}  # never through a proxy")
+            print("press Ctrl-C to stop", flush=True)
         threading.Event().wait()  # until KeyboardInterrupt
     return EXIT_OK  # pragma: no cover - left by Ctrl-C
 
@@ -218,10 +222,14 @@ def _print_body(response: requests.Response) -> None:
     print(json.dumps(payload, indent=2, ensure_ascii=False))
 
 
-def _describe_api_error(response: requests.Response) -> str:
-    from .session import opsnow_error_text
+def _raise_api_error(response: requests.Response) -> None:
+    from .errors import OpsNowAPIError
+    from .session import raise_for_opsnow_error
 
-    return opsnow_error_text(response)
+    try:
+        raise_for_opsnow_error(response)
+    except OpsNowAPIError as error:
+        raise ApiError(str(error)) from None
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -326,5 +334,10 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--ttl", type=float, default=3600.0, help="token lifetime in seconds")
     fake.add_argument(
         "--token-delay", type=float, default=0.0, help="seconds each token request takes"
+    )
+    fake.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON line (base_url, api_key, no_proxy) instead of shell exports",
     )
     return parser

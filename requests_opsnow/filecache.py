@@ -31,7 +31,7 @@ from .cache import MemoryTokenCache
 
 log = logging.getLogger("requests_opsnow")
 
-__all__ = ["FileTokenCache", "default_cache_dir"]
+__all__ = ["FileTokenCache"]
 
 LOCK_WAIT = 120.0
 """Longest wait for another process's fetch (which retries for up to ~110 s by

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from urllib3.connectionpool import ConnectionPool
     from urllib3.response import BaseHTTPResponse
 
-__all__ = ["OpsNowSession", "opsnow_error_text", "raise_for_opsnow_error"]
+__all__ = ["OpsNowSession", "raise_for_opsnow_error"]
 
 USER_AGENT: str = user_agent(
     "requests-opsnow", __version__, extras=[("requests", requests.__version__)]
@@ -370,15 +370,6 @@ def raise_for_opsnow_error(response: requests.Response) -> None:
     if 400 <= response.status_code < 600:
         text, code, message = _api_error(response)
         raise OpsNowAPIError(text, code=code, message=message, response=response)
-
-
-def opsnow_error_text(response: requests.Response) -> str:
-    """``OpsNow API error 404 on GET https://host/path: Not found`` for an error response.
-
-    The URL loses its query string and credentials; a token in the server's
-    message is masked.
-    """
-    return _api_error(response)[0]
 
 
 def _api_error(response: requests.Response) -> tuple[str, int | str, str]:

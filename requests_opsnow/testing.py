@@ -1,71 +1,79 @@
 """A fake OpsNow server for tests and benchmarks.
 
-:class:`FakeOpsNow` is a real HTTP/1.1 server (keep-alive, chunked request
-bodies) on loopback, run in a background thread. It issues tokens from the
-OpsNow token endpoint (and from an OAuth2-style ``/oauth/token`` endpoint),
-checks them on every other path, records every request, and lets a test
-inject token-endpoint failures, delays and malformed payloads::
+:class:`FakeOpsNow` is a real HTTP/1.1 server on loopback (keep-alive, chunked
+request bodies, optional TLS), run in a background thread. It issues tokens
+from the OpsNow token endpoint, checks them on every other path, records every
+request, and lets a test inject failures, delays and malformed payloads::
 
     with FakeOpsNow() as fake:
         requests.post(fake.token_url, json={"apiKey": fake.api_key})
+
+Endpoints of your own go in with :meth:`FakeOpsNow.route`; a handler receives
+the :class:`RecordedRequest` and returns a :class:`Reply`::
+
+    fake.route("GET", "/platform/v2/things", lambda request: Reply.json(200, {"things": []}))
+
+The HTTP side lives in :mod:`requests_opsnow._loopback`; this module is what
+makes the server OpsNow: its token endpoint, its error bodies, its routes.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
-import io
 import json
-import os
+import math
 import secrets
-import socket
-import socketserver
 import ssl
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FakeOpsNow", "RecordedRequest", "bypass_proxies"]
+from . import _loopback
+from ._loopback import LoopbackServer, RecordedRequest, bypass_proxies
 
-OAUTH_PATH = "/oauth/token"
-_HANDSHAKE_TIMEOUT = 10.0
-_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+__all__ = ["FakeOpsNow", "RecordedRequest", "Reply", "bypass_proxies"]
+
 _COMPANIES = [{"id": "c-1", "name": "Acme"}, {"id": "c-2", "name": "Globex"}]
 
 
+class Reply(_loopback.Reply):
+    """What a route answers: ``Reply(status, body=b"", headers={}, content_type="application/json",
+    reason=None, drop=False, trickle=0.0)``.
+
+    - ``body`` is sent as it is, with ``Content-Type: content_type`` when not empty;
+      the server adds ``Content-Length``.
+    - ``reason`` replaces the status line's standard phrase.
+    - ``drop=True`` closes the connection without answering (``status`` is then
+      ignored): what a crashed backend or a load balancer cutting in looks like.
+    - ``trickle`` sends the answer one byte every ``trickle`` seconds: a server that
+      never trips a client's read timeout.
+
+    :meth:`json` and :meth:`opsnow_error` build the two bodies an OpsNow API sends.
+    """
+
+    @classmethod
+    def opsnow_error(cls, status: int, message: str | None = None, **headers: str) -> Reply:
+        """An error in OpsNow's shape, ``{"status": "fail", "error": {"code", "message"}}``.
+
+        ``message`` defaults to the status's standard phrase; ``headers`` are sent
+        as given (``**{"Retry-After": "3"}`` for names that are not identifiers).
+        """
+        error = {"code": status, "message": message or _standard_phrase(status)}
+        return cls.json(status, {"status": "fail", "error": error}, headers)
+
+
+RouteHandler = Callable[[RecordedRequest], Reply]
+"""Answers one request to a route; called in the connection's own thread, so it may block."""
+
+
 @dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the fake server received it."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-    client_host: str
-
-    def header(self, name: str) -> str | None:
-        """The value of header ``name`` (case-insensitive), or ``None``."""
-        wanted = name.lower()
-        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
-
-
-@dataclass
-class _Reply:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False
-    reason: str | None = None  # the status line's reason phrase; None: the standard one
-    trickle: float = 0.0  # seconds between bytes: an answer that never trips a read timeout
+class _Route:
+    handler: RouteHandler
+    authorized: bool
 
 
 @dataclass
@@ -88,92 +96,73 @@ def _standard_phrase(status: int) -> str:
         return "Error"
 
 
-def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> _Reply:
-    return _Reply(status, json.dumps(payload).encode(), headers=headers or {})
-
-
-def _fail(status: int, message: str | None = None, **headers: str) -> _Reply:
-    error = {"code": status, "message": message or _standard_phrase(status)}
-    return _json(status, {"status": "fail", "error": error}, headers)
-
-
 def _json_number(value: float) -> float | int:
     """``3600`` rather than ``3600.0`` in a JSON body, as a real server would write it."""
     return int(value) if float(value).is_integer() else value
 
 
-def _basic_password(authorization: str | None) -> str | None:
-    scheme, _, encoded = (authorization or "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except ValueError:
-        return None
-    return decoded.partition(":")[2]
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-_bypass_lock = threading.Lock()
-_bypass_users: dict[str, tuple[int, list[str]]] = {}
-"""Per host: how many servers need the bypass, and the variables it was added to."""
-
-
-def bypass_proxies(host: str) -> Callable[[], None]:
-    """Keep requests to ``host`` off any proxy the environment names, until the returned
-    function is called.
-
-    With ``HTTP_PROXY`` (or ``HTTPS_PROXY``, ``ALL_PROXY``) set, requests would
-    send even loopback traffic to the proxy, and OpsNowAuth refuses to send a
-    token over plain http through one. So while a fake server runs, its host is
-    added to ``NO_PROXY`` (and ``no_proxy``); nothing changes when no proxy is set.
-    """
-    names = [*_PROXY_VARIABLES, *(name.upper() for name in _PROXY_VARIABLES)]
-    if not any(os.environ.get(name) for name in names):
-        return _nothing
-    with _bypass_lock:
-        users, added = _bypass_users.get(host, (0, []))
-        if not users:
-            added = [name for name in ("no_proxy", "NO_PROXY") if _add_entry(name, host)]
-        _bypass_users[host] = (users + 1, added)
-    return lambda: _release_bypass(host)
-
-
-def _add_entry(name: str, host: str) -> bool:
-    entries = _entries(os.environ.get(name, ""))
-    if host in entries:
-        return False
-    os.environ[name] = ",".join([*entries, host])
-    return True
-
-
-def _release_bypass(host: str) -> None:
-    with _bypass_lock:
-        users, added = _bypass_users.pop(host)
-        if users > 1:
-            _bypass_users[host] = (users - 1, added)
-            return
-        for name in added:
-            entries = [entry for entry in _entries(os.environ.get(name, "")) if entry != host]
-            if entries:
-                os.environ[name] = ",".join(entries)
-            else:
-                os.environ.pop(name, None)
-
-
-def _entries(value: str) -> list[str]:
-    return [entry.strip() for entry in value.split(",") if entry.strip()]
-
-
-def _nothing() -> None:
-    pass
-
-
 def _same(given: object, expected: str) -> bool:
     return isinstance(given, str) and secrets.compare_digest(given.encode(), expected.encode())
+
+
+def _unauthorized() -> Reply:
+    return Reply.opsnow_error(401, "Unauthorized", **{"WWW-Authenticate": "Bearer"})
+
+
+# -- argument checks: a typo in a test must fail loudly, not inject nothing ---------------
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def _check_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _failure(
+    status: int,
+    count: int,
+    delay: float,
+    retry_after: str | None,
+    body: bytes | None,
+    content_type: str,
+    headers: dict[str, str] | None,
+    reason: str | None,
+    trickle: float,
+) -> _Failure:
+    status = _check_int("status", status)
+    if status != 0 and not 100 <= status <= 599:
+        raise ValueError(
+            f"status must be 0 (drop the connection) or an HTTP status 100..599, got {status}"
+        )
+    count = _check_int("count", count)
+    if count != -1 and count < 1:
+        raise ValueError(f"count must be >= 1, or -1 for every request until reset(); got {count}")
+    delay = _check_seconds("delay", delay)
+    trickle = _check_seconds("trickle", trickle)
+    return _Failure(
+        status, count, delay, retry_after, body, content_type, dict(headers or {}), reason, trickle
+    )
+
+
+def _route_method(method: str) -> str:
+    if method != "*" and not (isinstance(method, str) and method.isascii() and method.isalpha()):
+        raise ValueError(f"method must be an HTTP method such as 'GET', or '*', got {method!r}")
+    return method.upper()
+
+
+def _check_route_path(path: str) -> None:
+    if not isinstance(path, str) or not path.startswith("/") or "?" in path or "#" in path:
+        raise ValueError(f"path must be a URL path starting with '/', got {path!r}")
+    if "*" in path.removesuffix("/*"):
+        raise ValueError(f"path may end in '/*' (a prefix) but have no other '*', got {path!r}")
 
 
 class FakeOpsNow:
@@ -192,15 +181,16 @@ class FakeOpsNow:
     ) -> None:
         self.api_key = api_key if api_key is not None else "fake-key-" + secrets.token_hex(16)
         self.ttl = ttl
-        self._address = (host, port)
-        self._ssl_context = ssl_context
-        self._proxy_bypass: Callable[[], None] | None = None
+        self._loopback = LoopbackServer(
+            self._answer,
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            name="FakeOpsNow",
+            bad_request=lambda: Reply.opsnow_error(400, "Bad request"),
+        )
         self._lock = threading.Condition()
-        self._closing = threading.Event()
         self._closed = False
-        self._server: _Server | None = None
-        self._base_url: str | None = None
-        self._thread: threading.Thread | None = None
         self._token_count = 0
         self._api_log: list[RecordedRequest] = []
         self._token_log: list[RecordedRequest] = []
@@ -212,6 +202,13 @@ class FakeOpsNow:
         self._token_gate = threading.Event()
         self._token_gate.set()
         self._body_factory: Callable[[str, float], object] | None = None
+        self._routes: dict[str, dict[str, _Route]] = {}
+        self._prefixes: list[str] = []
+        self.route("GET", "/platform/v2/companies", _companies)
+        self.route("*", "/test/echo", _echo)
+        self.route("*", "/test/status/*", _status)
+        self.route("*", "/test/open/echo", _echo, authorized=False)
+        self.route("*", "/test/redirect", _redirect, authorized=False)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -219,19 +216,7 @@ class FakeOpsNow:
         """Bind and start serving; a no-op if already started."""
         if self._closed:
             raise RuntimeError("FakeOpsNow cannot be restarted after close()")
-        if self._server is None:
-            self._server = _Server(self._address, self, self._ssl_context)
-            host, port = self._server.server_address[:2]
-            scheme = "https" if self._ssl_context is not None else "http"
-            self._base_url = f"{scheme}://{_url_host(str(host))}:{port}"
-            self._proxy_bypass = bypass_proxies(str(host))
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="FakeOpsNow-server",
-                daemon=True,
-            )
-            self._thread.start()
+        self._loopback.start()
         return self
 
     def close(self) -> None:
@@ -240,19 +225,9 @@ class FakeOpsNow:
             if self._closed:
                 return
             self._closed = True
-        server, self._server = self._server, None
-        if self._proxy_bypass is not None:
-            self._proxy_bypass()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-            server.drop_connections()
-        self._closing.set()  # wake handlers sleeping in an injected delay
-        self._token_gate.set()
-        if server is not None:
-            server.join_handlers(timeout=2.0)
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        self._loopback.stop()  # also wakes handlers sleeping in an injected delay
+        self._token_gate.set()  # connections are gone: held handlers can no longer answer
+        self._loopback.join()
 
     def __enter__(self) -> FakeOpsNow:
         return self.start()
@@ -263,9 +238,10 @@ class FakeOpsNow:
     @property
     def base_url(self) -> str:
         """``http://host:port`` of the server; available once started (and after close)."""
-        if self._base_url is None:
-            raise RuntimeError("FakeOpsNow has not been started")
-        return self._base_url
+        try:
+            return self._loopback.base_url
+        except RuntimeError:
+            raise RuntimeError("FakeOpsNow has not been started") from None
 
     @property
     def token_url(self) -> str:
@@ -275,33 +251,31 @@ class FakeOpsNow:
 
     @property
     def token_requests(self) -> int:
-        """POSTs received at the token endpoints, failed and injected ones included."""
+        """POSTs received at the token endpoint, failed and injected ones included."""
         with self._lock:
             return self._token_count
 
     @property
     def api_requests(self) -> list[RecordedRequest]:
-        """Every request not to a token endpoint, in arrival order."""
+        """Every request not to the token endpoint (routes of your own too), in arrival order."""
         with self._lock:
             return list(self._api_log)
 
     @property
     def token_request_log(self) -> list[RecordedRequest]:
-        """Every request to a token endpoint (any method), in arrival order."""
+        """Every request to the token endpoint (any method), in arrival order."""
         with self._lock:
             return list(self._token_log)
 
     @property
     def open_connections(self) -> int:
         """Client connections open right now (keep-alive ones included)."""
-        server = self._server
-        return server.connection_count() if server is not None else 0
+        return self._loopback.open_connections
 
     @property
     def accepted_connections(self) -> int:
         """Client connections accepted so far (with TLS: including failed handshakes)."""
-        server = self._server
-        return server.accepted if server is not None else 0
+        return self._loopback.accepted_connections
 
     @property
     def issued_tokens(self) -> list[str]:
@@ -312,6 +286,79 @@ class FakeOpsNow:
         """Wait until at least ``n`` API requests were recorded; False on timeout."""
         with self._lock:
             return self._lock.wait_for(lambda: len(self._api_log) >= n, timeout)
+
+    # -- routes ------------------------------------------------------------------
+
+    def route(
+        self, method: str, path: str, handler: RouteHandler, *, authorized: bool = True
+    ) -> None:
+        """Answer ``method path`` with ``handler(request)``, a :class:`Reply`.
+
+        So scripts that call endpoints the fake does not know can be tested
+        against it too. ``authorized=True``, as on the real API, answers 401
+        unless the request carries a valid token from this fake, before the
+        handler is called; ``authorized=False`` makes an open path.
+
+        - ``method``: ``"GET"`` (which also answers ``HEAD``), ``"POST"``, ...,
+          or ``"*"`` for every method. A path whose routes do not take the
+          request's method answers 405 with an ``Allow`` header.
+        - ``path``: an exact path, or a prefix ending in ``/*``
+          (``"/test/status/*"`` takes ``/test/status/429``). An exact route wins
+          over prefixes, and a longer prefix over a shorter one.
+        - Registering the same method and path again replaces the route, built-in
+          ones included; ``"*"`` replaces every method's route for that path.
+
+        Requests to routes are recorded in :attr:`api_requests` and subject to
+        :meth:`fail_api_requests`. The token endpoint is not a route: change it with
+        :meth:`fail_token_requests` and :meth:`set_token_body`.
+        """
+        method = _route_method(method)
+        _check_route_path(path)
+        if path == self.TOKEN_PATH:
+            raise ValueError(
+                f"{path} is the token endpoint, not a route: use fail_token_requests()"
+                " or set_token_body() to change its answers"
+            )
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        with self._lock:
+            methods = self._routes.setdefault(path, {})
+            if method == "*":
+                methods.clear()
+            methods[method] = _Route(handler, authorized)
+            prefixes = (p for p in self._routes if p.endswith("/*"))
+            self._prefixes = sorted(prefixes, key=len, reverse=True)
+
+    def is_authorized(self, request: RecordedRequest) -> bool:
+        """Whether ``request`` carries a token this fake issued, not expired nor revoked.
+
+        What ``authorized=True`` routes check; for handlers that answer an
+        unauthorized request their own way.
+        """
+        scheme, _, token = (request.header("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        with self._lock:
+            expiry = self._expiry.get(token.strip())
+        return expiry is not None and expiry > time.time()
+
+    def issue_token(self) -> tuple[str, float]:
+        """A new token this fake accepts, and its lifetime: ``(token, ttl)``.
+
+        For token endpoints of your own (an OAuth2-style route, say): the token is
+        issued as the built-in endpoint issues one, after :meth:`set_token_delay`
+        and while :meth:`hold_token_requests` does not hold it, and is listed in
+        :attr:`issued_tokens`. It is not counted in :attr:`token_requests`, which
+        counts requests to the OpsNow endpoint.
+        """
+        self._loopback.sleep(self._token_delay)
+        self._token_gate.wait()
+        token = "fake-" + secrets.token_urlsafe(24)
+        with self._lock:
+            ttl = self.ttl
+            self._expiry[token] = time.time() + ttl
+            self._issued.append(token)
+        return token, ttl
 
     # -- control ---------------------------------------------------------------
 
@@ -335,36 +382,44 @@ class FakeOpsNow:
     ) -> None:
         """Make the next ``count`` token POSTs (-1: all, until :meth:`reset`) fail.
 
-        Each waits ``delay`` seconds, then answers ``status`` (with ``reason`` as
-        its reason phrase, if given) with ``body`` (default: an OpsNow error
-        body) and ``headers``, sending one byte every ``trickle`` seconds if
-        that is not 0. ``status=0`` drops the connection without answering.
-        Successive calls queue up in call order.
+        Each is counted, waits ``delay`` seconds, then answers ``status`` (with
+        ``reason`` as its reason phrase, if given) with ``body`` (default: an
+        OpsNow error body), a ``Retry-After`` header if ``retry_after`` is given,
+        and ``headers``, sending one byte every ``trickle`` seconds if that is not
+        0. ``status=0`` drops the connection without answering. Successive calls
+        queue up in call order. Nonsense (``count=0``, ``status=42``, a negative
+        delay) is a ``ValueError``: a test that injects nothing should not pass.
         """
-        if count < -1:
-            raise ValueError("count must be >= -1")
-        if count == 0:
-            return
-        failure = _Failure(
-            status, count, delay, retry_after, body, content_type, dict(headers or {}), reason,
-            trickle,
-        )  # fmt: skip
+        failure = _failure(
+            status, count, delay, retry_after, body, content_type, headers, reason, trickle
+        )
         with self._lock:
             self._failures.append(failure)
 
     def fail_api_requests(
-        self, status: int, *, count: int = 1, retry_after: str | None = None
+        self,
+        status: int = 503,
+        *,
+        count: int = 1,
+        delay: float = 0.0,
+        retry_after: str | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+        trickle: float = 0.0,
     ) -> None:
-        """Make the next ``count`` API requests (any path but the token endpoints) fail.
+        """Make the next ``count`` API requests (any path but the token endpoint) fail.
 
-        Each is recorded, then answered ``status`` with an OpsNow error body and,
-        if given, a ``Retry-After`` header. Successive calls queue up in call order;
-        :meth:`reset` clears them.
+        The arguments mean what they mean for :meth:`fail_token_requests`. Each
+        request is recorded, then answered with the failure instead of its route
+        (whether or not it carries a valid token). :meth:`reset` clears them.
         """
-        if count < 1:
-            raise ValueError("count must be >= 1")
+        failure = _failure(
+            status, count, delay, retry_after, body, content_type, headers, reason, trickle
+        )
         with self._lock:
-            self._api_failures.append(_Failure(status, count, 0.0, retry_after, None, ""))
+            self._api_failures.append(failure)
 
     def set_token_delay(self, seconds: float) -> None:
         """Delay every successful token response by ``seconds``."""
@@ -386,7 +441,10 @@ class FakeOpsNow:
         self._body_factory = factory
 
     def reset(self) -> None:
-        """Clear injected failures, the token delay and the body factory (not the counters)."""
+        """Clear injected failures, the token delay and the body factory.
+
+        Counters and routes stay: they are what the test observes and what it set up.
+        """
         with self._lock:
             self._failures.clear()
             self._api_failures.clear()
@@ -403,8 +461,8 @@ class FakeOpsNow:
 
     # -- request handling (called from handler threads) ------------------------
 
-    def _dispatch(self, req: RecordedRequest) -> _Reply:
-        if req.path in (self.TOKEN_PATH, OAUTH_PATH):
+    def _answer(self, req: RecordedRequest) -> Reply:
+        if req.path == self.TOKEN_PATH:
             return self._token_endpoint(req)
         with self._lock:
             self._api_log.append(req)
@@ -412,21 +470,38 @@ class FakeOpsNow:
             failure = self._take_failure(self._api_failures)
         if failure is not None:
             return self._injected(failure)
-        if req.path == "/test/redirect":
-            return self._redirect(req)
-        if req.path == "/test/open/echo":
-            return self._echo(req)
-        if not self._authorized(req):
-            return _fail(401, "Unauthorized", **{"WWW-Authenticate": "Bearer"})
-        if req.path == "/platform/v2/companies":
-            return self._companies(req)
-        if req.path == "/test/echo":
-            return self._echo(req)
-        if req.path.startswith("/test/status/"):
-            return self._status(req)
-        return _fail(404, "Not found")
+        route, matched = self._find_route(req)
+        authorized = route.authorized if route is not None else True
+        if route is None and matched:
+            # The path exists, not for this method: 405, but only to a caller with a
+            # token if any of the path's routes wants one (as with any other answer).
+            authorized = any(r.authorized for methods in matched for r in methods.values())
+        if authorized and not self.is_authorized(req):
+            return _unauthorized()
+        if route is not None:
+            return route.handler(req)
+        if matched:
+            allow = ", ".join(sorted({method for methods in matched for method in methods}))
+            return Reply.opsnow_error(405, Allow=allow)
+        return Reply.opsnow_error(404, "Not found")
 
-    def _token_endpoint(self, req: RecordedRequest) -> _Reply:
+    def _find_route(self, req: RecordedRequest) -> tuple[_Route | None, list[dict[str, _Route]]]:
+        """The route for ``req``, and every route table its path matched, most specific first."""
+        path = req.path
+        with self._lock:
+            patterns = [path] if path in self._routes else []
+            patterns += [p for p in self._prefixes if path.startswith(p[:-1]) and p != path]
+            matched = [dict(self._routes[p]) for p in patterns]
+        for methods in matched:
+            route = methods.get(req.method)
+            if route is None and req.method == "HEAD":
+                route = methods.get("GET")
+            route = route or methods.get("*")
+            if route is not None:
+                return route, matched
+        return None, matched
+
+    def _token_endpoint(self, req: RecordedRequest) -> Reply:
         failure = None
         with self._lock:
             self._token_log.append(req)
@@ -434,28 +509,18 @@ class FakeOpsNow:
                 self._token_count += 1
                 failure = self._take_failure(self._failures)
         if req.method != "POST":
-            return _fail(405, Allow="POST")
+            return Reply.opsnow_error(405, Allow="POST")
         if failure is not None:
             return self._injected(failure)
-        oauth = req.path == OAUTH_PATH
-        error = self._check_oauth(req) if oauth else self._check_key(req)
+        error = self._check_key(req)
         if error is not None:
             return error
-        self._closing.wait(self._token_delay)
-        self._token_gate.wait()
-        token, ttl = self._issue()
-        if oauth:
-            payload = {
-                "access_token": token,
-                "token_type": "Bearer",
-                "expires_in": _json_number(ttl),
-            }
-            return _json(200, payload)
+        token, ttl = self.issue_token()
         factory = self._body_factory
         if factory is not None:
-            return _json(200, factory(token, ttl))
+            return Reply.json(200, factory(token, ttl))
         data = {"accessToken": token, "expiresIn": _json_number(ttl)}
-        return _json(200, {"status": "success", "data": data})
+        return Reply.json(200, {"status": "success", "data": data})
 
     @staticmethod
     def _take_failure(failures: deque[_Failure]) -> _Failure | None:
@@ -468,263 +533,68 @@ class FakeOpsNow:
                 failures.popleft()
         return failure
 
-    def _injected(self, failure: _Failure) -> _Reply:
-        self._closing.wait(failure.delay)
+    def _injected(self, failure: _Failure) -> Reply:
+        self._loopback.sleep(failure.delay)
         if failure.status == 0:
-            return _Reply(0, drop=True)
+            return Reply(0, drop=True)
         if failure.body is None:
-            reply = _fail(failure.status)
+            reply = Reply.opsnow_error(failure.status)
         else:
-            reply = _Reply(failure.status, failure.body, failure.content_type)
+            reply = Reply(failure.status, failure.body, content_type=failure.content_type)
         if failure.retry_after is not None:
             reply.headers["Retry-After"] = failure.retry_after
         reply.headers.update(failure.headers)
         reply.reason, reply.trickle = failure.reason, failure.trickle
         return reply
 
-    def _check_key(self, req: RecordedRequest) -> _Reply | None:
+    def _check_key(self, req: RecordedRequest) -> Reply | None:
         try:
             payload: Any = json.loads(req.body)
         except ValueError:
-            return _fail(400, "Bad request")
+            return Reply.opsnow_error(400, "Bad request")
         key = payload.get("apiKey") if isinstance(payload, dict) else None
-        return None if _same(key, self.api_key) else _fail(401, "Invalid API key")
-
-    def _check_oauth(self, req: RecordedRequest) -> _Reply | None:
-        form = parse_qs(req.body.decode("latin-1"))
-        if form.get("grant_type") != ["client_credentials"]:
-            return _json(400, {"error": "unsupported_grant_type"})
-        secret = form.get("client_secret", [None])[0]
-        secret = secret or _basic_password(req.header("Authorization"))
-        return None if _same(secret, self.api_key) else _json(401, {"error": "invalid_client"})
-
-    def _issue(self) -> tuple[str, float]:
-        token = "fake-" + secrets.token_urlsafe(24)
-        with self._lock:
-            ttl = self.ttl
-            self._expiry[token] = time.time() + ttl
-            self._issued.append(token)
-        return token, ttl
-
-    def _authorized(self, req: RecordedRequest) -> bool:
-        scheme, _, token = (req.header("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        with self._lock:
-            expiry = self._expiry.get(token.strip())
-        return expiry is not None and expiry > time.time()
-
-    def _companies(self, req: RecordedRequest) -> _Reply:
-        if req.method not in ("GET", "HEAD"):
-            return _fail(405, Allow="GET")
-        page: int | str = req.query.get("page", ["1"])[0]
-        with contextlib.suppress(ValueError):
-            page = int(page)
-        return _json(200, {"status": "success", "data": {"companies": _COMPANIES, "page": page}})
-
-    @staticmethod
-    def _echo(req: RecordedRequest) -> _Reply:
-        data = {
-            "method": req.method,
-            "path": req.path,
-            "query": req.query,
-            "headers": req.headers,
-            "body_length": len(req.body),
-            "body_sha256": hashlib.sha256(req.body).hexdigest(),
-        }
-        return _json(200, {"status": "success", "data": data})
-
-    @staticmethod
-    def _redirect(req: RecordedRequest) -> _Reply:
-        target = req.query.get("to", [""])[0]
-        status = req.query.get("status", ["302"])[0]
-        if not target or not status.isdigit() or not 300 <= int(status) < 400:
-            return _fail(400, "Bad request")
-        return _Reply(int(status), headers={"Location": target})
-
-    @staticmethod
-    def _status(req: RecordedRequest) -> _Reply:
-        code = req.path.rsplit("/", 1)[1]
-        if not code.isdigit() or not 200 <= int(code) < 600:
-            return _fail(404, "Not found")
-        if int(code) == 200:
-            reply = _json(200, {"status": "success", "data": {}})
-        else:
-            reply = _fail(int(code))
-        retry_after = req.query.get("Retry-After")
-        if retry_after:
-            reply.headers["Retry-After"] = retry_after[0]
-        return reply
+        return None if _same(key, self.api_key) else Reply.opsnow_error(401, "Invalid API key")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(
-        self, address: tuple[str, int], fake: FakeOpsNow, ssl_context: ssl.SSLContext | None
-    ) -> None:
-        self.fake = fake
-        self.ssl_context = ssl_context
-        self.accepted = 0
-        self._conn_lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._handlers: set[threading.Thread] = set()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a (possibly slow) reverse DNS lookup.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, address = super().get_request()
-        if self.ssl_context is None:
-            return conn, address
-        # The handshake happens on the handler's first read, in its own thread,
-        # so one slow client cannot hold up the accept loop.
-        conn.settimeout(_HANDSHAKE_TIMEOUT)
-        wrapped = self.ssl_context.wrap_socket(
-            conn, server_side=True, do_handshake_on_connect=False
-        )
-        return wrapped, address
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._serve_connection,
-            args=(request, client_address),
-            name="FakeOpsNow-handler",
-            daemon=True,
-        )
-        with self._conn_lock:
-            self.accepted += 1
-            self._conns.add(request)
-            self._handlers.add(thread)
-        thread.start()
-
-    def _serve_connection(self, request: Any, client_address: Any) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            with self._conn_lock:
-                self._handlers.discard(threading.current_thread())
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conn_lock:  # held while closing: close_connections never sees a reused fd
-            self._conns.discard(request)
-            super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-    def connection_count(self) -> int:
-        with self._conn_lock:
-            return len(self._conns)
-
-    def drop_connections(self) -> None:
-        """Shut down every open client connection, waking handlers blocked on it."""
-        with self._conn_lock:
-            for conn in self._conns:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-
-    def join_handlers(self, timeout: float) -> None:
-        with self._conn_lock:
-            threads = list(self._handlers)
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+# -- the built-in routes ---------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _handle(self) -> None:
-        try:
-            body = self._read_body()
-        except ValueError:
-            self.close_connection = True
-            self._write(_fail(400, "Bad request"))
-            return
-        url = urlsplit(self.path)
-        headers: dict[str, str] = {}
-        for name, value in self.headers.items():
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        request = RecordedRequest(
-            method=self.command,
-            path=url.path,
-            query=parse_qs(url.query, keep_blank_values=True),
-            headers=headers,
-            body=body,
-            client_host=str(self.client_address[0]),
-        )
-        reply = self.server.fake._dispatch(request)
-        if reply.drop:
-            self.close_connection = True
-        else:
-            self._write(reply)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _read_chunked(self) -> bytes:
-        chunks: list[bytes] = []
-        while True:
-            size = int(self.rfile.readline(65537).split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                break
-            chunk = self.rfile.read(size)
-            if len(chunk) != size or self.rfile.readline(65537).strip():
-                raise ValueError("malformed chunked body")
-            chunks.append(chunk)
-        while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-            pass  # trailers
-        return b"".join(chunks)
-
-    def _write(self, reply: _Reply) -> None:
-        body = b"" if reply.status in (204, 304) else reply.body
-        if reply.trickle:
-            self.wfile = _Trickle(self.wfile, reply.trickle, self.server.fake._closing)
-        self.send_response(reply.status, reply.reason)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        if body:
-            self.send_header("Content-Type", reply.content_type)
-        if reply.status != 204:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+def _companies(req: RecordedRequest) -> Reply:
+    page: int | str = req.query.get("page", ["1"])[0]
+    with contextlib.suppress(ValueError):
+        page = int(page)
+    return Reply.json(200, {"status": "success", "data": {"companies": _COMPANIES, "page": page}})
 
 
-class _Trickle(io.BufferedIOBase):
-    """A writer that sends one byte at a time, ``interval`` seconds apart, until closing."""
+def _echo(req: RecordedRequest) -> Reply:
+    data = {
+        "method": req.method,
+        "path": req.path,
+        "query": req.query,
+        "headers": req.headers,
+        "body_length": len(req.body),
+        "body_sha256": hashlib.sha256(req.body).hexdigest(),
+    }
+    return Reply.json(200, {"status": "success", "data": data})
 
-    def __init__(self, raw: Any, interval: float, closing: threading.Event) -> None:
-        super().__init__()
-        self._raw = raw
-        self._interval = interval
-        self._closing = closing
 
-    def write(self, data: Any) -> int:
-        data = bytes(data)
-        for index in range(len(data)):
-            if self._closing.wait(self._interval):
-                raise ConnectionAbortedError("the fake server is closing")
-            self._raw.write(data[index : index + 1])
-        return len(data)
+def _redirect(req: RecordedRequest) -> Reply:
+    target = req.query.get("to", [""])[0]
+    status = req.query.get("status", ["302"])[0]
+    if not target or not status.isdigit() or not 300 <= int(status) < 400:
+        return Reply.opsnow_error(400, "Bad request")
+    return Reply(int(status), headers={"Location": target})
 
-    def flush(self) -> None:
-        self._raw.flush()
+
+def _status(req: RecordedRequest) -> Reply:
+    code = req.path.rsplit("/", 1)[1]
+    if not code.isdigit() or not 200 <= int(code) < 600:
+        return Reply.opsnow_error(404, "Not found")
+    if int(code) == 200:
+        reply = Reply.json(200, {"status": "success", "data": {}})
+    else:
+        reply = Reply.opsnow_error(int(code))
+    retry_after = req.query.get("Retry-After")
+    if retry_after:
+        reply.headers["Retry-After"] = retry_after[0]
+    return reply

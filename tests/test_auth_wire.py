@@ -22,7 +22,7 @@ from .helpers import COMPANIES, FakeClock, MakeAuth, bearer, refresh_threads, wa
 pytestmark = pytest.mark.timeout(20)
 
 
-# -- B1 cache ----------------------------------------------------------------------
+# -- caching ("Token lifecycle") ------------------------------------------------------------
 
 
 def test_one_token_serves_many_requests_and_sessions(fake: FakeOpsNow, make_auth: MakeAuth) -> None:
@@ -55,7 +55,7 @@ def test_invalidate_makes_the_next_request_fetch(
     assert [bearer(r) for r in fake.api_requests] == fake.issued_tokens
 
 
-# -- B2 refresh early ----------------------------------------------------------------
+# -- early refresh ("Token lifecycle") ------------------------------------------------------
 
 
 def test_token_refreshed_before_expiry_without_the_server_seeing_a_401(
@@ -116,7 +116,7 @@ def test_refresh_is_due_margin_before_expiry_capped_at_half_lifetime(
     assert fake.token_requests == (2 if refreshed else 1)
 
 
-# -- B4 one replay on 401 ------------------------------------------------------------
+# -- one replay after a 401 ("Replay after a 401") ------------------------------------------
 
 
 def test_401_is_replayed_once_with_a_new_token(
@@ -218,7 +218,7 @@ def test_stream_through_a_replay_on_a_one_connection_pool(
     assert session.get(fake.base_url + COMPANIES).status_code == 200  # the pool still works
 
 
-# -- B5 bodies -----------------------------------------------------------------------
+# -- bodies ("Bodies") ----------------------------------------------------------------------
 
 
 def _sha(body: bytes) -> str:
@@ -336,7 +336,7 @@ def test_unrewindable_body_is_never_resent_and_its_dead_token_is_dropped(
     assert bearer(fake.api_requests[-1]) == fake.issued_tokens[-1]
 
 
-# -- B6 where the token may go --------------------------------------------------------
+# -- where the token goes ("Where the token goes") ------------------------------------------
 
 
 def test_redirect_to_another_host_that_answers_401_never_gets_the_token(

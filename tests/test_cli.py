@@ -223,3 +223,34 @@ def test_an_unreachable_api_exits_1_and_an_unreachable_token_endpoint_exits_3(
     assert fake.token_requests == 1  # the token was there: the API was not
     token_down = cli("get", "/platform/v2/companies", OPSNOW_BASE_URL="http://127.0.0.1:9")
     assert token_down.returncode == 3, token_down.stderr
+
+
+def test_an_api_error_is_reported_as_the_opsnow_api_error_would_say_it(
+    cli: Cli, fake: FakeOpsNow
+) -> None:
+    result = cli("get", "/platform/v2/nope", "-p", "secret=s3cret")
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        f"opsnow: error: OpsNow API error 404 on GET {fake.base_url}/platform/v2/nope: Not found"
+    )
+
+
+def test_fake_server_json_is_one_line_a_program_can_read() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "requests_opsnow", "fake-server", "--json"],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        details = json.loads(process.stdout.readline())
+        reply = requests.post(
+            details["base_url"] + FakeOpsNow.TOKEN_PATH,
+            json={"apiKey": details["api_key"]},
+            timeout=5,
+        )
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+    assert reply.status_code == 200
+    assert details["no_proxy"] == "127.0.0.1"

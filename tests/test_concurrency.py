@@ -70,7 +70,7 @@ def test_waiters_share_the_leaders_error_and_the_next_call_retries(
     assert fake.token_requests == 2
 
 
-# -- non-blocking early refresh (B2) -------------------------------------------------
+# -- non-blocking early refresh ("Token lifecycle") -----------------------------------------
 
 
 def test_nobody_waits_for_an_early_refresh_and_only_one_runs(
@@ -143,7 +143,7 @@ def test_no_refresh_thread_outlives_the_refresh(
     assert all(t.daemon for t in refresh_threads())
 
 
-# -- fork (B9) -----------------------------------------------------------------------
+# -- fork ("Copies, pickles and forks") -----------------------------------------------------
 
 
 def _child_request(auth: OpsNowAuth, url: str) -> int:

@@ -137,3 +137,21 @@ def test_none_means_the_default(fake: FakeOpsNow, clock: FakeClock) -> None:
 def test_explicit_zero_options_are_honoured() -> None:
     auth = OpsNowAuth("k", refresh_margin=0, max_retries=0)
     assert auth.refresh_margin == 0
+
+
+def test_submodules_export_only_what_the_package_exports() -> None:
+    """Everything public is importable from the package, as the README says; the testing
+    helpers (``requests_opsnow.testing`` and its pytest plugin) are their own public modules."""
+    import importlib
+    import pkgutil
+
+    standalone = {"requests_opsnow.testing", "requests_opsnow.pytest_plugin"}
+    readme = README.read_text()
+    for info in pkgutil.iter_modules(requests_opsnow.__path__, "requests_opsnow."):
+        if info.name == "requests_opsnow.__main__":
+            continue  # it runs the command line
+        exported = getattr(importlib.import_module(info.name), "__all__", [])
+        if info.name in standalone:
+            assert all(name in readme for name in exported), info.name
+        else:
+            assert set(exported) <= set(requests_opsnow.__all__), info.name

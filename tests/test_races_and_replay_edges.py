@@ -20,7 +20,7 @@ import requests
 
 from requests_opsnow import OpsNowAuth, TokenRequestError
 from requests_opsnow.cache import MemoryTokenCache
-from requests_opsnow.testing import FakeOpsNow, RecordedRequest
+from requests_opsnow.testing import FakeOpsNow, RecordedRequest, Reply
 
 from .helpers import COMPANIES, MakeAuth, bearer
 
@@ -106,19 +106,18 @@ def test_invalidate_is_not_undone_by_a_concurrent_fetch(
 # -- cookies the 401 set --------------------------------------------------------------
 
 
-class CookieOn401(FakeOpsNow):
-    """A 401 from /test/echo also sets a (load-balancer style) cookie."""
-
-    def _dispatch(self, req: RecordedRequest) -> Any:
-        reply = super()._dispatch(req)
-        if req.path == "/test/echo" and reply.status == 401:
-            reply.headers["Set-Cookie"] = "lb=node7; Path=/"
-        return reply
-
-
 @pytest.fixture
 def cookie_fake() -> Iterator[FakeOpsNow]:
-    with CookieOn401() as server:
+    """A 401 from /test/echo also sets a (load-balancer style) cookie."""
+    with FakeOpsNow() as server:
+
+        def echo(request: RecordedRequest) -> Reply:
+            if server.is_authorized(request):
+                return Reply.json(200, {"status": "success", "data": {}})
+            challenge = {"WWW-Authenticate": "Bearer", "Set-Cookie": "lb=node7; Path=/"}
+            return Reply.opsnow_error(401, "Unauthorized", **challenge)
+
+        server.route("*", "/test/echo", echo, authorized=False)  # it answers the 401 itself
         yield server
 
 
@@ -146,21 +145,18 @@ def test_replay_carries_the_cookie_the_401_set_as_well_as_the_sessions(
 # -- a redirect answered after a replay --------------------------------------------------
 
 
-class RedirectWhenAuthorized(FakeOpsNow):
-    """/test/echo?then=PATH: 401 without a valid token, else a 302 to PATH (same host)."""
-
-    def _dispatch(self, req: RecordedRequest) -> Any:
-        reply = super()._dispatch(req)
-        target = req.query.get("then", [""])[0]
-        if req.path == "/test/echo" and target and reply.status == 200:
-            reply.status, reply.body = 302, b""
-            reply.headers["Location"] = target
-        return reply
+def redirect_then(request: RecordedRequest) -> Reply:
+    target = request.query.get("then", [""])[0]
+    if target:
+        return Reply(302, headers={"Location": target})
+    return Reply.json(200, {"status": "success", "data": {}})
 
 
 @pytest.fixture
 def redirect_fake() -> Iterator[FakeOpsNow]:
-    with RedirectWhenAuthorized() as server:
+    """/test/echo?then=PATH: 401 without a valid token, else a 302 to PATH (same host)."""
+    with FakeOpsNow() as server:
+        server.route("*", "/test/echo", redirect_then, authorized=True)
         yield server
 
 

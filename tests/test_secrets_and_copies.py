@@ -1,4 +1,7 @@
-"""B8 secrets in logs / reprs / messages, and B9 pickle / deepcopy."""
+"""Secrets in logs, reprs and messages; copies and pickles.
+
+``docs/design.md``: "Secrets", "Copies, pickles and forks".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Token-endpoint failures on the wire (SPEC §2, B7, B8), against the fake OpsNow server.
+"""Token-endpoint failures on the wire, against the fake OpsNow server.
+
+``docs/design.md``: "The token request", "Errors", "Secrets".
 
 Every failure mode of the token exchange is injected into a real loopback
 server and observed through an ordinary ``requests`` call: which exception,
@@ -51,7 +53,7 @@ def error_chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def check_error(exc: BaseException, url: str, secrets: list[str]) -> str:
-    """Assert the B7/B8 contract of an error and return its message."""
+    """Assert the error contract ("Errors", "Secrets") and return the message."""
     assert isinstance(exc, OpsNowAuthError)
     assert isinstance(exc, requests.RequestException)
     message = str(exc)

@@ -1,4 +1,6 @@
-"""Parsing of token-endpoint payloads (SPEC §2, B8): pure unit tests, no network."""
+"""Parsing of token-endpoint payloads: pure unit tests, no network.
+
+``docs/design.md``: "The token request" (limits), "Secrets" (token values)."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def refused(payload: object) -> str:
     return message
 
 
-# -- where the token is ------------------------------------------------------------
+# -- where the token is ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("key", ["accessToken", "access_token", "token"])
@@ -69,7 +71,7 @@ def test_null_top_level_token_falls_through_to_data() -> None:
     assert token.value == SECRET
 
 
-# -- the lifetime ----------------------------------------------------------------------
+# -- the lifetime ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("key", ["expiresIn", "expires_in"])
@@ -204,7 +206,7 @@ def test_null_lifetime_falls_through_to_the_absolute_expiry() -> None:
     assert token.expires_at == EXPIRY
 
 
-# -- refusals --------------------------------------------------------------------------
+# -- refusals -------------------------------------------------------------------------------
 
 
 def test_token_response_error_is_an_opsnow_and_requests_error() -> None:
@@ -325,7 +327,7 @@ def test_absolute_expiry_not_in_the_future_is_refused(key: str, raw: object) -> 
     assert "not in the future" in message
 
 
-# -- header-injection guard (B8) ----------------------------------------------------------
+# -- header-injection guard ("Secrets") -----------------------------------------------------
 
 UNSAFE_TOKENS = [
     "abc\r\nX-Injected: 1",
@@ -391,7 +393,7 @@ def test_check_token_value_accepts_visible_ascii(value: str) -> None:
     assert check_token_value(value) == value
 
 
-# -- the Token value object (B8) ---------------------------------------------------------
+# -- the Token value object ("Secrets") -----------------------------------------------------
 
 
 def test_token_repr_and_str_never_show_the_value() -> None:
