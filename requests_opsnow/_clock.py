@@ -23,3 +23,10 @@ def monotonic() -> float:
 def sleep(seconds: float) -> None:
     """Sleep; patched by tests that simulate waits."""
     time.sleep(seconds)
+
+
+async def sleep_async(seconds: float) -> None:
+    """Sleep without blocking the event loop (asyncio or trio); patched like :func:`sleep`."""
+    import anyio  # only async clients (httpx) need it, and httpx brings it
+
+    await anyio.sleep(seconds)

@@ -32,7 +32,8 @@ from ._config import (
     store_at,
     store_place_from_environment,
 )
-from ._exchange import SendSettings, TokenEndpoint, fetch_token
+from ._exchange import TokenEndpoint
+from ._exchange_requests import SendSettings, fetch_token
 from ._hosts import Decision, check_secure_url, environment_proxy, host_policy, safe_url
 from ._lifecycle import Cancellation, HeldToken, TokenLifecycle, lifecycle_for
 from ._replay import inert_hook, passes_through, replay_with

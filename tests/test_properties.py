@@ -103,7 +103,8 @@ def test_a_valid_token_response_round_trips(token: str, lifetime: float, under_d
 def test_any_token_endpoint_answer_raises_only_documented_errors(
     status: int, body: bytes, content_type: str, retry_after: str | None
 ) -> None:
-    from requests_opsnow._exchange import SendSettings, TokenEndpoint, fetch_token
+    from requests_opsnow._exchange import TokenEndpoint
+    from requests_opsnow._exchange_requests import SendSettings, fetch_token
 
     key = "key-" + SECRET
     headers = {"Retry-After": retry_after} if retry_after and retry_after.isprintable() else {}
