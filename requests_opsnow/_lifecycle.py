@@ -39,7 +39,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
-from typing import Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 from weakref import WeakValueDictionary
 
 from . import _clock
@@ -218,7 +218,13 @@ class _Flight:
         # Created, but nobody is running it: an exception hit the thread that was
         # about to (Ctrl-C, a signal handler, a task's time limit) in the instant
         # between creating the flight and starting the fetch.
-        return not self.flying and now - self.created_at > LIVENESS_POLL
+        return not self.landed and not self.flying and now - self.created_at > LIVENESS_POLL
+
+
+class Need(enum.Enum):
+    """What a decision returns when it cannot answer without a token request."""
+
+    FETCH = "fetch"
 
 
 _INTERRUPTED = OpsNowAuthError("the token request was interrupted")
@@ -305,6 +311,14 @@ class TokenLifecycle(RuntimeState):
         Otherwise ``rejected`` is dropped and one new token fetched (single flight).
         """
         now = _clock.now()
+        decided = self._without_fetch_after_401(rejected, now)
+        if decided is not Need.FETCH:
+            return decided
+        self.reject(rejected)
+        return self._fetched_because_of_401(self._wait_for_token(fetch, rejected=rejected), now)
+
+    def _without_fetch_after_401(self, rejected: Token, now: float) -> HeldToken | Need | None:
+        """The answer to a 401 if it needs no fetch (a replacement, or None); else Need.FETCH."""
         with self._lock:
             held = self.held
             if held is not None and held.token != rejected:
@@ -317,8 +331,9 @@ class TokenLifecycle(RuntimeState):
             ):
                 log.debug("the token a 401 just replaced was refused too: the 401 stands")
                 return None
-        self.reject(rejected)
-        replacement = self._wait_for_token(fetch, rejected=rejected)
+        return Need.FETCH
+
+    def _fetched_because_of_401(self, replacement: HeldToken, now: float) -> HeldToken:
         with self._lock:
             if replacement.token != self._fetched_after_401:
                 self._fetched_after_401 = replacement.token
@@ -327,6 +342,11 @@ class TokenLifecycle(RuntimeState):
 
     def reject(self, rejected: Token) -> None:
         """The server refused ``rejected`` (a 401): drop it here and from the store, if current."""
+        if self._drop(rejected):
+            self._store_delete(rejected)
+
+    def _drop(self, rejected: Token) -> bool:
+        """Forget ``rejected`` here; True if it was the held token (then the store must too)."""
         with self._lock:
             self._rejected = rejected
             dropped = self.held is not None and self.held.token == rejected
@@ -334,7 +354,7 @@ class TokenLifecycle(RuntimeState):
                 self.held = None
         if dropped:
             log.debug("server rejected the current token (401); dropping it")
-            self._store_delete(rejected)
+        return dropped
 
     def invalidate(self) -> None:
         """Forget the token, here and in the store, even one this process never used."""
@@ -375,30 +395,49 @@ class TokenLifecycle(RuntimeState):
             leading = False
             try:
                 with self._lock:
-                    held = self.held
-                    if (
-                        held is not None
-                        and held.token != rejected
-                        and held.state(_clock.now()) is not TokenState.EXPIRED
-                    ):
-                        return held
-                    flight = self._flight
-                    if flight is None or flight.landed:
-                        leading = True
-                        flight = self._flight = self._new_flight(fetch, early=False)
+                    usable = self._usable_unless(rejected)
+                    if usable is not None:
+                        return usable
+                    flight, leading = self._claim_flight(fetch)
                 if leading:
                     self._fly(flight, fetch)
             finally:
                 if leading and flight is not None and not flight.landed:
                     self._land(flight, None, _INTERRUPTED)  # between creating and running it
-            result = flight.wait()
-            if result is None:
-                self._forget(flight)  # interrupted, or abandoned without landing: start another
-            elif result.token != self._rejected:
-                return result
-            # else: the flight read the store just before the token was invalidated
+            answer = self._answer(flight, flight.wait())
+            if answer is not None:
+                return answer
 
-    def _new_flight(self, fetch: Fetch, *, early: bool) -> _Flight:
+    def _usable_unless(self, rejected: Token | None) -> HeldToken | None:
+        """The held token if it may be sent, and is not ``rejected``. Lock held."""
+        held = self.held
+        if (
+            held is not None
+            and held.token != rejected
+            and held.state(_clock.now()) is not TokenState.EXPIRED
+        ):
+            return held
+        return None
+
+    def _claim_flight(self, fetch: Fetch | Any) -> tuple[_Flight, bool]:
+        """The flight in progress, or a new one this caller leads: ``(flight, leading)``.
+        Lock held."""
+        flight = self._flight
+        if flight is not None and not flight.landed:
+            return flight, False
+        flight = self._flight = self._new_flight(fetch, early=False)
+        return flight, True
+
+    def _answer(self, flight: _Flight, result: HeldToken | None) -> HeldToken | None:
+        """What a waiter makes of a flight's result: the token, or None to go round again."""
+        if result is None:
+            self._forget(flight)  # interrupted, or abandoned without landing: start another
+            return None
+        if result.token == self._rejected:
+            return None  # the flight read the store just before the token was invalidated
+        return result
+
+    def _new_flight(self, fetch: Fetch | Any, *, early: bool) -> _Flight:
         return _Flight(early=early, bound=_store_wait(self.store) + fetch.bound)
 
     def _forget(self, flight: _Flight) -> None:

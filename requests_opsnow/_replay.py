@@ -27,7 +27,9 @@ _REPLAYED = "_opsnow_replayed"
 """Attribute set on a replayed PreparedRequest: one replay per request, ever."""
 
 
-_INNER_PACKAGES = frozenset({"requests", "requests_opsnow", "requests_toolbelt"})
+_INNER_PACKAGES = frozenset(
+    {"requests", "requests_opsnow", "requests_toolbelt", "httpx", "httpcore", "anyio", "asyncio"}
+)
 """A warning points at the first frame outside these: the caller's own line."""
 
 _BODY_POSITION = "_body_position"
@@ -177,8 +179,17 @@ def _skip(
     request: requests.PreparedRequest, problem: str, drop_rejected: Callable[[], None]
 ) -> None:
     drop_rejected()
+    warn_replay_skipped(request.method or "", request.url or "", problem)
+
+
+def warn_replay_skipped(method: str, url: str, problem: str) -> None:
+    """Log and warn (``ReplaySkippedWarning``) that a 401'd request was not resent, and why.
+
+    The warning points at the caller's own line, so a script with no logging set
+    up sees where on stderr.
+    """
     message = (
-        f"not replaying {_method_and_url(request)} after a 401: {problem}; the 401 is returned,"
+        f"not replaying {method} {safe_url(url)} after a 401: {problem}; the 401 is returned,"
         " and the next request gets a new token"
     )
     log.warning("%s", message)
@@ -186,8 +197,8 @@ def _skip(
 
 
 def _caller_stacklevel() -> int:
-    """The ``stacklevel`` of the first frame outside requests and this package."""
-    frame = sys._getframe(2)  # the caller of _skip, which is level 2 for warnings.warn
+    """The ``stacklevel`` of the first frame outside the HTTP client stack and this package."""
+    frame = sys._getframe(2)  # the caller of warn_replay_skipped: level 2 for warnings.warn
     level = 2
     while frame.f_back is not None and (
         str(frame.f_globals.get("__name__", "")).partition(".")[0] in _INNER_PACKAGES

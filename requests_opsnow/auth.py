@@ -18,32 +18,17 @@ import requests
 from requests.auth import AuthBase
 
 from . import _clock
-from ._config import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_REFRESH_MARGIN,
-    TOKEN_PATH,
-    TOKEN_TIMEOUT,
-    check_max_retries,
-    check_refresh_margin,
-    check_timeout,
-    host_list,
-    resolve_api_key,
-    resolve_base_url,
-    store_at,
-    store_place_from_environment,
-)
-from ._exchange import TokenEndpoint
+from ._config import DEFAULT_MAX_RETRIES, DEFAULT_REFRESH_MARGIN, TOKEN_TIMEOUT
+from ._core import AuthCore, check_cleartext
 from ._exchange_requests import SendSettings, fetch_token
-from ._hosts import Decision, check_secure_url, environment_proxy, host_policy, safe_url
-from ._lifecycle import Cancellation, HeldToken, TokenLifecycle, lifecycle_for
+from ._hosts import Decision
+from ._lifecycle import Cancellation, HeldToken
 from ._replay import inert_hook, passes_through, replay_with
-from ._runtime import RuntimeState
 from ._token import Token
 from .cache import TokenCache
-from .errors import OpsNowAuthError
 
 
-class OpsNowAuth(RuntimeState, AuthBase):
+class OpsNowAuth(AuthCore, AuthBase):
     """Authenticate requests to the OpsNow API with a cached, self-refreshing token.
 
     ``requests.get(url, auth=OpsNowAuth(key))`` or ``session.auth = OpsNowAuth()``.
@@ -52,7 +37,7 @@ class OpsNowAuth(RuntimeState, AuthBase):
     README for every option; ``None`` always means "the default".
     """
 
-    _runtime_fields = ("_store", "_lifecycle", "_attached", "_fetch", "_settings_session")
+    _runtime_fields = (*AuthCore._runtime_fields, "_attached", "_fetch", "_settings_session")
     _kept_across_fork = _runtime_fields  # the lifecycle resets itself in a child
 
     def __init__(
@@ -71,38 +56,26 @@ class OpsNowAuth(RuntimeState, AuthBase):
         cert: str | tuple[str, str] | None = None,
         proxies: Mapping[str, str] | None = None,
     ) -> None:
-        self._api_key = resolve_api_key(api_key)
-        self.base_url = resolve_base_url(base_url)
-        self.token_url = token_url if token_url is not None else self.base_url + TOKEN_PATH
-        check_secure_url(self.base_url, "base_url")
-        check_secure_url(self.token_url, "token_url")
-        self.refresh_margin = check_refresh_margin(refresh_margin)
-        self._endpoint = TokenEndpoint(
-            self.token_url, check_timeout(timeout), check_max_retries(max_retries)
-        )
-        self._hosts = host_policy((self.base_url, self.token_url), host_list(allowed_hosts))
-        self._cache = cache
-        # Where OPSNOW_TOKEN_CACHE keeps tokens, resolved (and checked) now; the store
-        # object for that place is the process's own, found again after a copy.
-        self._store_place = store_place_from_environment() if cache is None else None
         self._session = session
         self._send_settings = SendSettings(verify=verify, cert=cert, proxies=proxies)
-        self._start_runtime()
+        super().__init__(
+            api_key,
+            base_url=base_url,
+            token_url=token_url,
+            refresh_margin=refresh_margin,
+            timeout=timeout,
+            max_retries=max_retries,
+            allowed_hosts=allowed_hosts,
+            cache=cache,
+        )
 
     def _new_runtime_state(self) -> None:
-        place = self._store_place
-        self._store: TokenCache | None = self._cache if place is None else store_at(place)
-        self._lifecycle: TokenLifecycle = lifecycle_for(
-            self.token_url, self._api_key, self.refresh_margin, self._store
-        )
+        super()._new_runtime_state()
         self._attached = _NOTHING_ATTACHED
         self._fetch = _Fetch(self)
         # Set by an OpsNowSession that built this auth: its verify, cert, proxies and
         # trust_env (read at each fetch, so later changes count) apply to token requests.
         self._settings_session: Callable[[], requests.Session | None] = _no_session
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(token_url={self._endpoint.safe_url!r})"
 
     # -- the hot path -------------------------------------------------------------
 
@@ -111,7 +84,7 @@ class OpsNowAuth(RuntimeState, AuthBase):
         if decision is not Decision.ATTACH:
             if decision is Decision.SKIP:
                 return r
-            _check_cleartext(r, decision)
+            check_cleartext(r.url or "", decision, r)
         attached = self._attached
         if attached.held is not self._lifecycle.held or _clock.now() >= attached.refresh_at:
             attached = self._attach(self._lifecycle.usable(self._fetch))
@@ -142,24 +115,11 @@ class OpsNowAuth(RuntimeState, AuthBase):
         held = lifecycle.fresh(self._fetch) if fresh else lifecycle.usable(self._fetch)
         return held.token
 
-    def invalidate(self) -> None:
-        """Forget the token, here and in a shared cache: the next request fetches a new one.
-
-        Also when this process has not used the token yet (``opsnow token --renew``
-        after a ``curl`` got a 401): it is read from the cache to be forgotten.
-        Every auth in this process with the same key forgets it too.
-        """
-        self._lifecycle.invalidate()
-
     def close(self) -> None:
         """Nothing to close: a token request's connection lives only as long as the fetch.
 
         Kept so that code written for earlier versions (and ``with`` blocks) keep working.
         """
-
-    def trusts(self, url: str) -> bool:
-        """Whether a request to ``url`` would carry the token (host and scheme rules)."""
-        return self._hosts.decide(url) in (Decision.ATTACH, Decision.ATTACH_CLEARTEXT)
 
     # -- the token request ----------------------------------------------------------
 
@@ -268,20 +228,3 @@ _NOTHING_ATTACHED = _Attached(None, passes_through)
 
 def _no_session() -> None:
     return None
-
-
-def _check_cleartext(request: requests.PreparedRequest, decision: Decision) -> None:
-    """Refuse to put the token on plain http, except straight to loopback."""
-    url = request.url or ""
-    if decision is Decision.REFUSE:
-        raise OpsNowAuthError(
-            "refusing to send the OpsNow token over plain http to a non-loopback host; use https",
-            request=request,
-        )
-    proxy = environment_proxy(url)
-    if proxy is not None:
-        raise OpsNowAuthError(
-            f"refusing to send the OpsNow token over plain http to {safe_url(url)} through the"
-            f" proxy {safe_url(proxy)} (from the environment); add the host to NO_PROXY",
-            request=request,
-        )

@@ -139,7 +139,7 @@ def test_replay_carries_the_cookie_the_401_set_as_well_as_the_sessions(
     rejected, replayed = cookie_fake.api_requests[-2:]
     assert rejected.header("Cookie") == "sid=abc123"
     cookies = sorted((replayed.header("Cookie") or "").split("; "))
-    assert cookies == ["lb=node7", "sid=abc123"]  # SPEC B4: "plus any the 401 set"
+    assert cookies == ["lb=node7", "sid=abc123"]  # "Replay after a 401": plus any the 401 set
 
 
 # -- a redirect answered after a replay --------------------------------------------------

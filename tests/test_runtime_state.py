@@ -17,8 +17,10 @@ import redis
 import requests_opsnow
 from requests_opsnow import FileTokenCache, MemoryTokenCache, OpsNowAuth, RedisTokenCache
 from requests_opsnow._config import _StoresByPlace
+from requests_opsnow._core import AuthCore
 from requests_opsnow._lifecycle import TokenLifecycle, _Registry, _Watchdog
 from requests_opsnow._runtime import RuntimeState
+from requests_opsnow.httpx import OpsNowAuth as HttpxOpsNowAuth
 
 
 def _every_subclass(cls: type) -> set[type]:
@@ -32,6 +34,8 @@ def _every_subclass(cls: type) -> set[type]:
 def factories(tmp_path: Path) -> dict[type, Callable[[], Any]]:
     return {
         OpsNowAuth: lambda: OpsNowAuth("key"),
+        HttpxOpsNowAuth: lambda: HttpxOpsNowAuth("key"),
+        AuthCore: lambda: AuthCore("key"),
         TokenLifecycle: lambda: TokenLifecycle("digest", 300.0, None),
         MemoryTokenCache: MemoryTokenCache,
         FileTokenCache: lambda: FileTokenCache(tmp_path),

@@ -1,0 +1,94 @@
+"""docs/design.md stays true: its module map names every module, the layers hold.
+
+``docs/design.md``: "Module map".
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "requests_opsnow"
+DESIGN = ROOT / "docs" / "design.md"
+
+CLIENT_AGNOSTIC = ("_lifecycle", "_lifecycle_async", "_exchange", "_runtime", "_token", "cache")
+"""Modules a second HTTP client builds on: they import neither requests nor httpx."""
+
+
+def modules() -> dict[str, ast.Module]:
+    return {path.stem: ast.parse(path.read_text()) for path in PACKAGE.glob("*.py")}
+
+
+def top_level_imports(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """(modules of the package, outside modules) imported when the module loads."""
+    inside: set[str] = set()
+    outside: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Try):  # an optional dependency: try: import x
+            nodes: list[ast.stmt] = node.body
+        else:
+            nodes = [node]
+        for statement in nodes:
+            if isinstance(statement, ast.ImportFrom) and statement.level == 1:
+                if statement.module:
+                    inside.add(statement.module)
+                else:
+                    inside.update(alias.name for alias in statement.names)
+            elif isinstance(statement, ast.ImportFrom) and statement.module:
+                outside.add(statement.module.partition(".")[0])
+            elif isinstance(statement, ast.Import):
+                outside.update(alias.name.partition(".")[0] for alias in statement.names)
+    return inside, outside
+
+
+def test_the_module_map_names_every_module_and_nothing_else() -> None:
+    mapped: set[str] = set()
+    for row in re.findall(r"^\| (`[^|]+`) \|", DESIGN.read_text(), re.M):
+        mapped.update(re.findall(r"`(\w+)`", row))
+    assert mapped == set(modules()) - {"__init__", "__main__"}
+
+
+def test_modules_import_each_other_without_a_cycle() -> None:
+    graph = {name: top_level_imports(tree)[0] & set(modules()) for name, tree in modules().items()}
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        assert name not in visiting, " -> ".join([*visiting, name])
+        if name in done:
+            return
+        visiting.append(name)
+        for imported in graph[name]:
+            visit(imported)
+        visiting.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+
+
+def test_the_lifecycle_and_the_exchange_policy_know_no_http_client() -> None:
+    trees = modules()
+    for name in CLIENT_AGNOSTIC:
+        outside = top_level_imports(trees[name])[1]
+        assert not outside & {"requests", "httpx", "urllib3"}, name
+
+
+def test_no_file_cites_a_document_outside_the_repository() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split()  # fmt: skip
+    outside = re.compile(r"\bSPEC\b|SPEC\.md|STYLE\.md|\.\./shared")
+    offenders = [
+        name
+        for name in tracked
+        if name.endswith((".py", ".md", ".cfg", ".toml", ".txt"))
+        and name != "tests/test_design.py"
+        and (ROOT / name).exists()
+        and outside.search((ROOT / name).read_text(errors="replace"))
+    ]
+    assert offenders == []
