@@ -629,21 +629,3 @@ def test_the_benchmarks_oauth_route_issues_tokens_and_counts_its_requests(
     assert len(fake.issued_tokens) == 2
     route.reset_counts()
     assert route.token_requests == 0
-
-
-def test_requests_auth_gets_its_token_from_the_benchmarks_oauth_route(
-    fake: FakeOpsNow, oauth_route: ModuleType
-) -> None:
-    requests_auth = pytest.importorskip("requests_auth")
-    route = oauth_route.add_oauth_token_route(fake)
-    requests_auth.OAuth2.token_cache.clear()
-    try:
-        auth = requests_auth.OAuth2ClientCredentials(route.url, "bench-client", fake.api_key)
-        for _ in range(3):
-            response = requests.get(
-                fake.base_url + "/platform/v2/companies", auth=auth, timeout=TIMEOUT
-            )
-            assert response.status_code == 200
-    finally:
-        requests_auth.OAuth2.token_cache.clear()
-    assert route.token_requests == 1
