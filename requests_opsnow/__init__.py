@@ -21,6 +21,7 @@ from ._token import Token
 from .auth import OpsNowAuth
 from .cache import MemoryTokenCache, TokenCache
 from .errors import (
+    ApiKeyUnavailableError,
     InvalidApiKeyError,
     OpsNowAPIError,
     OpsNowAuthError,
@@ -61,6 +62,7 @@ __all__ = [
     "KOREA_BASE_URL",
     "LEGACY_BASE_URL",
     "REGIONS",
+    "ApiKeyUnavailableError",
     "FileTokenCache",
     "InvalidApiKeyError",
     "MemoryTokenCache",

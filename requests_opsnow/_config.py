@@ -11,7 +11,11 @@ from typing import TYPE_CHECKING
 from ._runtime import RuntimeState
 
 if TYPE_CHECKING:
+    from ._profiles import Profile
     from .cache import TokenCache
+
+PROFILE_ENV = "OPSNOW_PROFILE"
+"""Names the profile to use when ``profile=`` is not given."""
 
 GLOBAL_BASE_URL = "https://api.opsnow360.io"
 KOREA_BASE_URL = "https://api.kr.opsnow360.io"
@@ -50,20 +54,80 @@ def base_url_for_region(region: str) -> str:
         raise ValueError(f"unknown OpsNow region {region!r}; choose one of: {names}") from None
 
 
-def resolve_api_key(api_key: str | None) -> str:
-    if api_key is None:
-        api_key = os.environ.get(API_KEY_ENV)
-    if api_key is not None and not isinstance(api_key, str):
-        raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
-    key = (api_key or "").strip()
-    if not key:
-        raise ValueError(f"no OpsNow API key: pass api_key= or set {API_KEY_ENV}")
-    return key
+class NoApiKeyError(ValueError):
+    """No key from the argument, the environment or a profile (the CLI exits 3 for it)."""
+
+
+class Sources:
+    """Where each setting comes from, first found wins: the argument, the environment
+    (``OPSNOW_API_KEY``, ``OPSNOW_BASE_URL``, ``OPSNOW_TOKEN_CACHE``), the profile named
+    by ``profile=`` or ``OPSNOW_PROFILE``, the ``[default]`` profile.
+
+    The config file is read only when a setting is still missing, or when a profile is
+    named (a name that matches no profile is an error, even if nothing else is needed).
+    """
+
+    def __init__(self, profile: str | None = None) -> None:
+        if profile is not None and (not isinstance(profile, str) or not profile.strip()):
+            raise ValueError(f"profile must be a profile's name, got {profile!r}")
+        self._name = profile.strip() if profile is not None else None
+        self._loaded: Profile | bool | None = False
+        if self._name is not None or os.environ.get(PROFILE_ENV, "").strip():
+            self.profile()
+
+    def profile(self) -> Profile | None:
+        if self._loaded is False:
+            from ._profiles import named_profile
+
+            self._loaded = named_profile(self._name)
+        return self._loaded if isinstance(self._loaded, tuple) else None
+
+    def api_key(self, api_key: str | None) -> str:
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV)
+        if api_key is not None and not isinstance(api_key, str):
+            raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
+        key = (api_key or "").strip()
+        if not key:
+            key = self._profile_key()
+        if not key:
+            raise NoApiKeyError(
+                f"no OpsNow API key: pass api_key=, set {API_KEY_ENV}, or store one with"
+                " `opsnow configure`"
+            )
+        return key
+
+    def _profile_key(self) -> str:
+        from ._profiles import api_key_of
+
+        profile = self.profile()
+        return (api_key_of(profile) or "").strip() if profile is not None else ""
+
+    def base_url(self, base_url: str | None) -> str:
+        url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV, "").strip()
+        profile = None if url else self.profile()
+        if profile is not None:
+            url = profile.base_url or (
+                base_url_for_region(profile.region) if profile.region else ""
+            )
+        return (url or GLOBAL_BASE_URL).rstrip("/")
+
+    def store_place(self) -> str | None:
+        """Where ``OPSNOW_TOKEN_CACHE`` (else the profile's ``token_cache``) keeps tokens:
+        ``file:/folder`` or a Redis URL; None for memory. A value naming no place is a
+        ValueError."""
+        spec = os.environ.get(TOKEN_CACHE_ENV, "").strip()
+        profile = None if spec else self.profile()
+        if profile is not None and profile.token_cache:
+            spec = profile.token_cache.strip()
+        if spec in ("", "memory"):
+            return None
+        return _place_named_by(spec)
 
 
 def resolve_base_url(base_url: str | None) -> str:
-    url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV, "").strip()
-    return (url or GLOBAL_BASE_URL).rstrip("/")
+    """The base URL from the argument, the environment or the default profile."""
+    return Sources().base_url(base_url)
 
 
 def check_refresh_margin(value: float | None) -> float:
@@ -115,15 +179,6 @@ def host_list(allowed_hosts: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(allowed_hosts)
 
 
-def store_place_from_environment() -> str | None:
-    """Where ``OPSNOW_TOKEN_CACHE`` keeps tokens (``file:/folder`` or a Redis URL);
-    None for memory. A value that names no place is a ValueError."""
-    spec = os.environ.get(TOKEN_CACHE_ENV, "").strip()
-    if spec in ("", "memory"):
-        return None
-    return _place_named_by(spec)
-
-
 class _StoresByPlace(RuntimeState):
     """One store object per place, so that auths built per call share one token lifecycle."""
 
@@ -149,7 +204,7 @@ _stores_by_place = _StoresByPlace()
 
 
 def store_at(place: str) -> TokenCache:
-    """The process's store for a place :func:`store_place_from_environment` named."""
+    """The process's store for a place :meth:`Sources.store_place` named."""
     return _stores_by_place.at(place)
 
 

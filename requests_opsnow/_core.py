@@ -19,14 +19,12 @@ from ._config import (
     DEFAULT_REFRESH_MARGIN,
     TOKEN_PATH,
     TOKEN_TIMEOUT,
+    Sources,
     check_max_retries,
     check_refresh_margin,
     check_timeout,
     host_list,
-    resolve_api_key,
-    resolve_base_url,
     store_at,
-    store_place_from_environment,
 )
 from ._exchange import TokenEndpoint
 from ._hosts import Decision, check_secure_url, environment_proxy, host_policy, safe_url
@@ -56,9 +54,11 @@ class AuthCore(RuntimeState):
         max_retries: int | None = DEFAULT_MAX_RETRIES,
         allowed_hosts: Iterable[str] | None = None,
         cache: TokenCache | None = None,
+        profile: str | None = None,
     ) -> None:
-        self._api_key = resolve_api_key(api_key)
-        self.base_url = resolve_base_url(base_url)
+        sources = Sources(profile)
+        self._api_key = sources.api_key(api_key)
+        self.base_url = sources.base_url(base_url)
         self.token_url = token_url if token_url is not None else self.base_url + TOKEN_PATH
         check_secure_url(self.base_url, "base_url")
         check_secure_url(self.token_url, "token_url")
@@ -70,7 +70,7 @@ class AuthCore(RuntimeState):
         self._cache = cache
         # Where OPSNOW_TOKEN_CACHE keeps tokens, resolved (and checked) now; the store
         # object for that place is the process's own, found again after a copy.
-        self._store_place = store_place_from_environment() if cache is None else None
+        self._store_place = sources.store_place() if cache is None else None
         self._start_runtime()  # a subclass sets its own configuration before calling this
 
     def _new_runtime_state(self) -> None:

@@ -51,6 +51,7 @@ class OpsNowAuth(AuthCore, AuthBase):
         max_retries: int | None = DEFAULT_MAX_RETRIES,
         allowed_hosts: Iterable[str] | None = None,
         cache: TokenCache | None = None,
+        profile: str | None = None,
         session: requests.Session | None = None,
         verify: bool | str | None = None,
         cert: str | tuple[str, str] | None = None,
@@ -67,6 +68,7 @@ class OpsNowAuth(AuthCore, AuthBase):
             max_retries=max_retries,
             allowed_hosts=allowed_hosts,
             cache=cache,
+            profile=profile,
         )
 
     def _new_runtime_state(self) -> None:

@@ -23,9 +23,12 @@ from . import __version__
 from ._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
+    PROFILE_ENV,
     REGIONS,
     TOKEN_CACHE_ENV,
     TOKEN_TIMEOUT,
+    NoApiKeyError,
+    Sources,
     base_url_for_region,
 )
 from .errors import OpsNowAuthError
@@ -44,10 +47,6 @@ class UsageError(Exception):
 
 class ApiError(Exception):
     """The API answered with an error status: exit 1."""
-
-
-class MissingKeyError(Exception):
-    """No API key to authenticate with: exit 3, like a rejected one."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,10 +73,12 @@ def _report(error: Exception, *, debug: bool) -> int:
 
 
 def _exit_code(error: Exception) -> int:
-    if isinstance(error, (UsageError, ValueError, ImportError)):
+    from ._cli_profiles import ConfigureError
+
+    if isinstance(error, (OpsNowAuthError, NoApiKeyError)):
+        return EXIT_AUTH  # no key, or the key or its source failed
+    if isinstance(error, (UsageError, ConfigureError, ValueError, ImportError)):
         return EXIT_USAGE
-    if isinstance(error, (OpsNowAuthError, MissingKeyError)):
-        return EXIT_AUTH
     return EXIT_API_ERROR
 
 
@@ -165,15 +166,21 @@ def _base_url(args: argparse.Namespace) -> str | None:
 
 
 def _auth(args: argparse.Namespace) -> OpsNowAuth:
+    """The auth of the command: key and settings from the options, the environment and
+    the profile (``--profile``, ``OPSNOW_PROFILE``, ``[default]``), in that order."""
     from .auth import OpsNowAuth
 
-    if not os.environ.get(API_KEY_ENV, "").strip():
-        raise MissingKeyError(f"no OpsNow API key: set {API_KEY_ENV}")
-    return OpsNowAuth(base_url=_base_url(args), cache=_store(args), timeout=args.timeout)
+    return OpsNowAuth(
+        base_url=_base_url(args),
+        cache=_store(args),
+        timeout=args.timeout,
+        profile=args.profile,
+    )
 
 
 def _store(args: argparse.Namespace) -> TokenCache | None:
-    """--no-cache: memory; else the store OPSNOW_TOKEN_CACHE names (None); else the file cache.
+    """--no-cache: memory; else OPSNOW_TOKEN_CACHE's or the profile's store (None); else the
+    file cache.
 
     A command runs for a moment: without a store that outlives it, every run
     would fetch a token.
@@ -185,7 +192,38 @@ def _store(args: argparse.Namespace) -> TokenCache | None:
         return MemoryTokenCache()
     if os.environ.get(TOKEN_CACHE_ENV, "").strip():
         return None
+    profile = Sources(args.profile).profile()
+    if profile is not None and profile.token_cache:
+        return None
     return FileTokenCache()
+
+
+def _run_configure(args: argparse.Namespace) -> int:
+    from ._cli_profiles import run_configure
+
+    return run_configure(args)
+
+
+def _run_profiles(args: argparse.Namespace) -> int:
+    from ._cli_profiles import run_profiles
+
+    return run_profiles(args)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from ._cli_profiles import run_status
+
+    return run_status(args, _auth(args))
+
+
+def _run_logout(args: argparse.Namespace) -> int:
+    from ._cli_profiles import run_logout
+
+    try:
+        auth: OpsNowAuth | None = _auth(args)
+    except (NoApiKeyError, OpsNowAuthError):  # no key left to find its cached tokens by
+        auth = None
+    return run_logout(args, auth)
 
 
 def _session(args: argparse.Namespace) -> tuple[OpsNowSession, OpsNowAuth]:
@@ -265,6 +303,11 @@ def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         help="do not use the token file cache",
     )
     parser.add_argument(
+        "--profile",
+        default=default(None),
+        help=f"the profile to use (default: ${PROFILE_ENV}, else [default])",
+    )
+    parser.add_argument(
         "--debug",
         action="store_true",
         default=default(False),
@@ -279,7 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opsnow",
         description=f"Call the OpsNow API with automatic token handling. The API key comes"
-        f" from ${API_KEY_ENV}.",
+        f" from ${API_KEY_ENV}, else from a profile (opsnow configure).",
         epilog="exit codes: 0 ok, 1 API error, 2 usage, 3 authentication or token error",
     )
     _add_common_options(parser, defaults=True)
@@ -326,6 +369,35 @@ def _parser() -> argparse.ArgumentParser:
                          help="query parameter (repeatable)")  # fmt: skip
     for sub in (post, request):
         sub.add_argument("--json", metavar="JSON", help="request body as JSON text")
+
+    configure = command(
+        "configure", _run_configure,
+        "store a profile: its key (asked for without echo) and its region",
+        "opsnow configure --profile kr --region kr",
+    )  # fmt: skip
+    configure.add_argument(
+        "--api-key-command", metavar="COMMAND",
+        help="read the key from this command's output (Vault, 1Password, pass...), run"
+        " without a shell each time it is needed",
+    )  # fmt: skip
+    configure.add_argument(
+        "--insecure-storage", action="store_true",
+        help="keep the key in a 0600 plaintext file when there is no OS keyring",
+    )  # fmt: skip
+    configure.add_argument(
+        "--token-cache", metavar="VALUE",
+        help=f"the profile's token cache (the values ${TOKEN_CACHE_ENV} takes)",
+    )  # fmt: skip
+    configure.add_argument(
+        "--no-verify", action="store_true", help="do not check the key with a token request"
+    )
+    command("profiles", _run_profiles, "list profiles, their region and key source (never a key)",
+            "opsnow profiles")  # fmt: skip
+    command("status", _run_status,
+            "show the profile, base URL, key source, token cache and cached token's expiry",
+            "opsnow --profile kr status")  # fmt: skip
+    command("logout", _run_logout, "delete a profile's stored key and its cached tokens",
+            "opsnow logout --profile kr")  # fmt: skip
 
     fake = command("fake-server", _run_fake_server,
                    "run the fake OpsNow server for local work; prints its URL and test key",

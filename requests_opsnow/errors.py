@@ -10,6 +10,7 @@ from __future__ import annotations
 import requests
 
 __all__ = [
+    "ApiKeyUnavailableError",
     "InvalidApiKeyError",
     "OpsNowAPIError",
     "OpsNowAuthError",
@@ -26,6 +27,12 @@ class OpsNowAuthError(requests.RequestException):
     ``.response`` (either may be ``None``). Messages never contain the API
     key or a token.
     """
+
+
+class ApiKeyUnavailableError(OpsNowAuthError):
+    """A profile's key source failed: the keyring (none here, or an error), or its
+    ``api_key_command`` (an exit status, a timeout, no output). The message names
+    the profile and the fix, never the key."""
 
 
 class InvalidApiKeyError(OpsNowAuthError):

@@ -59,6 +59,7 @@ class OpsNowAuth(AuthCore, httpx.Auth):
         max_retries: int | None = DEFAULT_MAX_RETRIES,
         allowed_hosts: Iterable[str] | None = None,
         cache: TokenCache | None = None,
+        profile: str | None = None,
         verify: bool | str | ssl.SSLContext | None = None,
         cert: str | tuple[str, str] | None = None,
         proxy: str | None = None,
@@ -74,6 +75,7 @@ class OpsNowAuth(AuthCore, httpx.Auth):
             max_retries=max_retries,
             allowed_hosts=allowed_hosts,
             cache=cache,
+            profile=profile,
         )
 
     def _new_runtime_state(self) -> None:

@@ -33,10 +33,15 @@ settings.load_profile(
 def _clean_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """No OPSNOW_* leaks in from the machine; caches write only under a temp dir."""
-    for name in ("OPSNOW_API_KEY", "OPSNOW_BASE_URL", "OPSNOW_REGION"):
+    """No OPSNOW_* leaks in from the machine; caches and profiles live under temp dirs."""
+    for name in (
+        "OPSNOW_API_KEY", "OPSNOW_BASE_URL", "OPSNOW_REGION", "OPSNOW_PROFILE",
+        "OPSNOW_TOKEN_CACHE", "PYTHON_KEYRING_BACKEND",
+    ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    # Never the user's own profiles: an empty config folder of the test's own.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
     for name in (
         "REQUESTS_CA_BUNDLE",  # requests prefers it to session.verify: tests set their own
         "CURL_CA_BUNDLE",

@@ -133,7 +133,21 @@ def test_debug_shows_the_traceback(cli: Cli) -> None:
     assert "wrong-key-12345" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["token", "get", "post", "request", "demo", "fake-server"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "token",
+        "get",
+        "post",
+        "request",
+        "demo",
+        "fake-server",
+        "configure",
+        "profiles",
+        "status",
+        "logout",
+    ],
+)
 def test_every_command_has_help_with_an_example(cli: Cli, command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0

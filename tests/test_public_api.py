@@ -45,7 +45,8 @@ def test_signature_is_the_specified_one() -> None:
     parameters = inspect.signature(OpsNowAuth).parameters
     assert list(parameters) == [
         "api_key", "base_url", "token_url", "refresh_margin", "timeout",
-        "max_retries", "allowed_hosts", "cache", "session", "verify", "cert", "proxies",
+        "max_retries", "allowed_hosts", "cache", "profile", "session", "verify", "cert",
+        "proxies",
     ]  # fmt: skip
     assert parameters["api_key"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in list(parameters.values())[1:])

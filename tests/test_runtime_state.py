@@ -19,6 +19,7 @@ from requests_opsnow import FileTokenCache, MemoryTokenCache, OpsNowAuth, RedisT
 from requests_opsnow._config import _StoresByPlace
 from requests_opsnow._core import AuthCore
 from requests_opsnow._lifecycle import TokenLifecycle, _Registry, _Watchdog
+from requests_opsnow._profiles import _Files, _Keys
 from requests_opsnow._runtime import RuntimeState
 from requests_opsnow.httpx import OpsNowAuth as HttpxOpsNowAuth
 
@@ -43,6 +44,8 @@ def factories(tmp_path: Path) -> dict[type, Callable[[], Any]]:
         _Registry: _Registry,
         _StoresByPlace: _StoresByPlace,
         _Watchdog: _Watchdog,
+        _Files: _Files,
+        _Keys: _Keys,
     }
 
 

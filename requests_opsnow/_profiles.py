@@ -1,0 +1,390 @@
+"""Profiles: named settings in a config file, and where each profile's API key is kept.
+
+``$XDG_CONFIG_HOME/opsnow/config`` (else ``~/.config/opsnow/config``) is an
+INI file, a ``[default]`` section and named ones::
+
+    [default]
+    region = global             ; or base_url = https://...
+    token_cache = file          ; the values OPSNOW_TOKEN_CACHE takes
+    api_key_source = keyring
+
+    [kr]
+    region = kr
+    api_key_source = command
+    api_key_command = pass show opsnow/kr
+
+The file never holds a key. A profile's key comes from its source:
+
+- ``keyring``: the OS keyring (the ``keyring`` library, the ``keyring``
+  extra), service :data:`KEYRING_SERVICE`, the profile's name as the user;
+- ``command``: the standard output of ``api_key_command`` (Vault, 1Password,
+  ``pass``...), run without a shell, with a timeout, its stderr not echoed;
+- ``plaintext``: ``credentials`` beside ``config``, created 0600, only when
+  the user asked for it (``opsnow configure --insecure-storage``).
+
+``docs/design.md``, "Profiles", gives the resolution order.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+import stat
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ._config import PROFILE_ENV
+from ._runtime import RuntimeState
+from .errors import ApiKeyUnavailableError
+
+DEFAULT_PROFILE = "default"
+KEYRING_SERVICE = "requests-opsnow"
+"""The keyring service name; each profile's key is stored under the profile's name."""
+
+API_KEY_COMMAND_TIMEOUT = 10.0
+"""Seconds an ``api_key_command`` may take before it is stopped and counted as failed."""
+
+KEY_SOURCES = ("keyring", "command", "plaintext")
+SETTINGS = ("region", "base_url", "token_cache", "api_key_source", "api_key_command")
+"""What a profile section may hold (never a key)."""
+
+
+class Profile(NamedTuple):
+    """One section of the config file."""
+
+    name: str
+    region: str | None
+    base_url: str | None
+    token_cache: str | None
+    api_key_source: str | None
+    api_key_command: str | None
+
+
+def config_folder() -> Path:
+    """``$XDG_CONFIG_HOME/opsnow``, else ``~/.config/opsnow``."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "opsnow"
+    try:
+        return Path.home() / ".config" / "opsnow"
+    except (RuntimeError, KeyError):
+        raise ValueError(
+            "no config folder: set XDG_CONFIG_HOME or HOME, or set OPSNOW_API_KEY"
+        ) from None
+
+
+def config_path() -> Path:
+    return config_folder() / "config"
+
+
+def credentials_path() -> Path:
+    return config_folder() / "credentials"
+
+
+def read_profiles() -> dict[str, Profile]:
+    """Every profile in the config file ({} when there is no file); ValueError if unreadable."""
+    return _files.profiles(config_path())
+
+
+def named_profile(name: str | None) -> Profile | None:
+    """The profile ``name`` (else ``$OPSNOW_PROFILE``, else ``default`` if there is one).
+
+    A profile asked for by name that does not exist is a ValueError saying how
+    to create it.
+    """
+    wanted = name if name is not None else os.environ.get(PROFILE_ENV, "").strip() or None
+    profiles = read_profiles()
+    if wanted is None:
+        return profiles.get(DEFAULT_PROFILE)
+    if wanted not in profiles:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise ValueError(
+            f"no OpsNow profile {wanted!r} in {config_path()} (profiles: {known});"
+            f" create it with: opsnow configure --profile {wanted}"
+        )
+    return profiles[wanted]
+
+
+def api_key_of(profile: Profile) -> str | None:
+    """The profile's key from its source (None if it names no source).
+
+    Remembered for the life of the process, per profile and source, so that an
+    auth built per call does not run a command or ask the keyring every time.
+    """
+    return _keys.key(profile)
+
+
+# -- writing (opsnow configure, opsnow logout) ----------------------------------------------
+
+
+def save_profile(profile: Profile) -> Path:
+    """Write ``profile``'s section into the config file (made 0600 in a 0700 folder)."""
+    path = config_path()
+    parser = _files.parser(path)
+    section = {name: value for name, value in zip(Profile._fields, profile) if name != "name"}
+    parser[profile.name] = {name: str(value) for name, value in section.items() if value}
+    _write_private(path, parser)
+    _files.forget(path)
+    return path
+
+
+def store_key(profile: Profile, api_key: str) -> None:
+    """Keep ``api_key`` where ``profile.api_key_source`` says (keyring or plaintext)."""
+    if profile.api_key_source == "keyring":
+        _keyring_call(profile, "set_password", KEYRING_SERVICE, profile.name, api_key)
+    elif profile.api_key_source == "plaintext":
+        path = credentials_path()
+        parser = _files.parser(path)
+        parser[profile.name] = {"api_key": api_key}
+        _write_private(path, parser)
+        _files.forget(path)
+    _keys.forget(profile)
+
+
+def delete_key(profile: Profile) -> bool:
+    """Delete the profile's stored key (keyring entry or plaintext); True if one was there."""
+    _keys.forget(profile)
+    if profile.api_key_source == "keyring":
+        if _keyring_call(profile, "get_password", KEYRING_SERVICE, profile.name) is None:
+            return False
+        _keyring_call(profile, "delete_password", KEYRING_SERVICE, profile.name)
+        return True
+    if profile.api_key_source == "plaintext":
+        path = credentials_path()
+        parser = _files.parser(path)
+        if not parser.remove_section(profile.name):
+            return False
+        _write_private(path, parser)
+        _files.forget(path)
+        return True
+    return False
+
+
+def keyring_problem() -> str | None:
+    """Why keys cannot go in the OS keyring here, or None when a real backend exists."""
+    try:
+        import keyring
+        from keyring.backends import fail
+    except ImportError:
+        return "the keyring library is not installed (pip install 'requests-opsnow[keyring]')"
+    try:
+        backend = keyring.get_keyring()
+    except Exception as exc:  # noqa: BLE001 - a backend named in PYTHON_KEYRING_BACKEND, say
+        return f"the keyring backend could not be loaded ({type(exc).__name__})"
+    if isinstance(backend, fail.Keyring) or type(backend).__module__.endswith(".null"):
+        return (
+            "no OS keyring backend is available on this machine (as on a headless Linux"
+            " server without a Secret Service)"
+        )
+    return None
+
+
+# -- internals -----------------------------------------------------------------------------
+
+
+def _key_from_source(profile: Profile) -> str | None:
+    source = profile.api_key_source or ("command" if profile.api_key_command else None)
+    if source is None:
+        return None
+    if source == "keyring":
+        key = _keyring_call(profile, "get_password", KEYRING_SERVICE, profile.name)
+        if not key:
+            raise ApiKeyUnavailableError(
+                f"profile {profile.name!r}: no key in the OS keyring; store one with:"
+                f" opsnow configure --profile {profile.name}"
+            )
+        return str(key)
+    if source == "command":
+        return _key_from_command(profile)
+    if source == "plaintext":
+        return _key_from_credentials(profile)
+    raise ValueError(
+        f"profile {profile.name!r}: api_key_source must be one of {', '.join(KEY_SOURCES)},"
+        f" got {source!r}"
+    )
+
+
+def _key_from_command(profile: Profile) -> str:
+    if not profile.api_key_command:
+        raise ValueError(
+            f"profile {profile.name!r}: api_key_source = command needs an api_key_command"
+        )
+    where = f"profile {profile.name!r}: api_key_command"
+    try:
+        argv = shlex.split(profile.api_key_command)
+        done = subprocess.run(  # noqa: S603 - the user's own command, without a shell
+            argv,
+            capture_output=True,  # stderr too: a failing helper may print the key there
+            stdin=subprocess.DEVNULL,
+            timeout=API_KEY_COMMAND_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ApiKeyUnavailableError(
+            f"{where} took longer than {API_KEY_COMMAND_TIMEOUT:g} s; it was stopped"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ApiKeyUnavailableError(
+            f"{where} could not be run ({type(exc).__name__}: {exc.strerror or 'bad command'})"
+            if isinstance(exc, OSError)
+            else f"{where} could not be parsed: {exc}"
+        ) from None
+    if done.returncode != 0:
+        raise ApiKeyUnavailableError(
+            f"{where} failed with exit status {done.returncode} (its output is not shown:"
+            " it may hold the key); run it by hand to see why"
+        )
+    key = done.stdout.decode("utf-8", "replace").strip()
+    if not key:
+        raise ApiKeyUnavailableError(f"{where} printed no key")
+    return key
+
+
+def _key_from_credentials(profile: Profile) -> str:
+    path = credentials_path()
+    parser = _files.parser(path)
+    key = parser.get(profile.name, "api_key", fallback="").strip()
+    if not key:
+        raise ApiKeyUnavailableError(
+            f"profile {profile.name!r}: no api_key for it in {path}; store one with:"
+            f" opsnow configure --profile {profile.name} --insecure-storage"
+        )
+    return key
+
+
+def _keyring_call(profile: Profile, method: str, *args: str) -> Any:
+    problem = keyring_problem()
+    if problem is not None:
+        raise ApiKeyUnavailableError(
+            f"profile {profile.name!r} keeps its key in the OS keyring, but {problem};"
+            " use api_key_command, or OPSNOW_API_KEY"
+        )
+    import keyring
+    from keyring.errors import KeyringError
+
+    try:
+        return getattr(keyring, method)(*args)
+    except KeyringError as exc:
+        raise ApiKeyUnavailableError(
+            f"profile {profile.name!r}: the OS keyring failed ({type(exc).__name__})"
+        ) from None
+
+
+def _write_private(path: Path, parser: configparser.ConfigParser) -> None:
+    """Write atomically, 0600 from creation, in a folder of our own (0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            parser.write(handle)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+class _Files(RuntimeState):
+    """Parsed INI files, read again when they change (an auth per call reads none)."""
+
+    _runtime_fields = ("_lock", "_parsed")
+
+    def __init__(self) -> None:
+        self._start_runtime()
+
+    def _new_runtime_state(self) -> None:
+        self._lock = threading.Lock()
+        self._parsed: dict[Path, tuple[tuple[int, int], configparser.ConfigParser]] = {}
+
+    def parser(self, path: Path) -> configparser.ConfigParser:
+        """A copy of the file's contents (empty if there is no file); ValueError if unreadable."""
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return _new_parser()
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        version = (info.st_mtime_ns, info.st_size)
+        with self._lock:
+            cached = self._parsed.get(path)
+        if cached is None or cached[0] != version:
+            cached = (version, _parse(path))
+            with self._lock:
+                self._parsed[path] = cached
+        copy = _new_parser()
+        copy.read_dict(cached[1])
+        return copy
+
+    def profiles(self, path: Path) -> dict[str, Profile]:
+        parser = self.parser(path)
+        return {
+            name: Profile(name, *(parser.get(name, field, fallback=None) for field in SETTINGS))
+            for name in parser.sections()
+        }
+
+    def forget(self, path: Path) -> None:
+        with self._lock:
+            self._parsed.pop(path, None)
+
+
+def _new_parser() -> configparser.ConfigParser:
+    return configparser.ConfigParser(interpolation=None, default_section="__none__")
+
+
+def _parse(path: Path) -> configparser.ConfigParser:
+    parser = _new_parser()
+    try:
+        info = path.stat()
+        if path.name == "credentials" and stat.S_IMODE(info.st_mode) & 0o077:
+            raise ValueError(f"{path} holds keys and others may read it: chmod 600 {path}")
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except configparser.Error as exc:
+        raise ValueError(f"cannot read {path}: {type(exc).__name__} at line {_line(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {type(exc).__name__}") from None
+    return parser
+
+
+def _line(error: configparser.Error) -> object:
+    return getattr(error, "lineno", "?")
+
+
+class _Keys(RuntimeState):
+    """Keys read from sources, remembered per profile and source for the process's life."""
+
+    _runtime_fields = ("_lock", "_known")
+
+    def __init__(self) -> None:
+        self._start_runtime()
+
+    def _new_runtime_state(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[tuple[str, str, str | None, str | None], str | None] = {}
+
+    def key(self, profile: Profile) -> str | None:
+        identity = (
+            str(config_path()),
+            profile.name,
+            profile.api_key_source,
+            profile.api_key_command,
+        )
+        with self._lock:
+            if identity in self._known:
+                return self._known[identity]
+        key = _key_from_source(profile)  # outside the lock: a command may take seconds
+        with self._lock:
+            self._known[identity] = key
+        return key
+
+    def forget(self, profile: Profile) -> None:
+        with self._lock:
+            for identity in [i for i in self._known if i[1] == profile.name]:
+                del self._known[identity]
+
+
+_files = _Files()
+_keys = _Keys()
