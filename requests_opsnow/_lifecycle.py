@@ -447,16 +447,9 @@ class TokenLifecycle(RuntimeState):
 
     def _start_early_refresh(self, held: HeldToken, fetch: Fetch) -> None:
         """Refresh a DUE token in the background; nobody waits for it."""
-        if self._flight is not None or _clock.now() < self._early_retry_at:
-            return  # the common case while a refresh runs: no lock taken
-        with self._lock:
-            if (
-                self._flight is not None
-                or self.held is not held
-                or _clock.now() < self._early_retry_at
-            ):
-                return
-            flight = self._flight = self._new_flight(fetch, early=True)
+        flight = self._claim_early_flight(held, fetch)
+        if flight is None:
+            return
         worker = threading.Thread(
             target=self._fly, args=(flight, fetch), name="requests-opsnow-refresh", daemon=True
         )
@@ -466,6 +459,20 @@ class TokenLifecycle(RuntimeState):
             self._land(flight, None, OpsNowAuthError("could not start the token refresh thread"))
             if not isinstance(error, Exception):
                 raise
+
+    def _claim_early_flight(self, held: HeldToken, fetch: Fetch | Any) -> _Flight | None:
+        """A new early-refresh flight for the DUE ``held``, unless one runs or failed just now."""
+        if self._flight is not None or _clock.now() < self._early_retry_at:
+            return None  # the common case while a refresh runs: no lock taken
+        with self._lock:
+            if (
+                self._flight is not None
+                or self.held is not held
+                or _clock.now() < self._early_retry_at
+            ):
+                return None
+            flight = self._flight = self._new_flight(fetch, early=True)
+        return flight
 
     def _fly(self, flight: _Flight, fetch: Fetch) -> None:
         """Run one flight: read the store or fetch, publish, wake the waiters.

@@ -122,17 +122,9 @@ async def _join_flight(
 
 
 def _start_early_refresh(lifecycle: TokenLifecycle, held: HeldToken, fetch: AsyncFetch) -> None:
-    if lifecycle._flight is not None or _clock.now() < lifecycle._early_retry_at:
-        return  # the common case while a refresh runs: no lock taken
-    with lifecycle._lock:
-        if (
-            lifecycle._flight is not None
-            or lifecycle.held is not held
-            or _clock.now() < lifecycle._early_retry_at
-        ):
-            return
-        flight = lifecycle._flight = lifecycle._new_flight(fetch, early=True)
-    _spawn(_fly, lifecycle, flight, fetch)
+    flight = lifecycle._claim_early_flight(held, fetch)
+    if flight is not None:
+        _spawn(_fly, lifecycle, flight, fetch)
 
 
 async def _wait(flight: _Flight) -> HeldToken | None:

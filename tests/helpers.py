@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import pytest
 import requests
 
 from requests_opsnow import OpsNowAuth
@@ -66,6 +67,32 @@ def tokens_together(auths: list[OpsNowAuth]) -> list[str]:
 def run_together(count: int, action: Callable[[], T]) -> list[T]:
     """``action`` in ``count`` threads released at the same instant."""
     return at_once([action] * count)
+
+
+def legacy_scripts_at_once(
+    fake: FakeOpsNow, token_cache: str, monkeypatch: pytest.MonkeyPatch, count: int = 8
+) -> list[int]:
+    """``count`` separate processes, each running ``requests.get(url, auth=OpsNowAuth())``
+    configured by the environment only (with ``OPSNOW_TOKEN_CACHE=token_cache``), at once;
+    the statuses they got.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ._workers import get_with_the_environments_cache
+
+    monkeypatch.setenv("OPSNOW_API_KEY", fake.api_key)
+    monkeypatch.setenv("OPSNOW_BASE_URL", fake.base_url)
+    monkeypatch.setenv("OPSNOW_TOKEN_CACHE", token_cache)
+    context = multiprocessing.get_context("spawn")  # children read this environment
+    with context.Manager() as manager:
+        barrier = manager.Barrier(count)
+        with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
+            futures = [
+                pool.submit(get_with_the_environments_cache, barrier, fake.base_url + COMPANIES)
+                for _ in range(count)
+            ]
+            return [future.result(timeout=60) for future in futures]
 
 
 def get_status(auth: OpsNowAuth, url: str) -> int:

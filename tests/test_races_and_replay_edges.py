@@ -160,18 +160,24 @@ def redirect_fake() -> Iterator[FakeOpsNow]:
         yield server
 
 
+def revoked_then_redirected(
+    fake: FakeOpsNow, session: requests.Session
+) -> requests.PreparedRequest:
+    """A token in use, then revoked; the request whose replay the fake will redirect."""
+    session.auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    session.get(fake.base_url + COMPANIES, timeout=10)
+    fake.revoke_tokens()
+    return session.prepare_request(
+        requests.Request("GET", fake.base_url + "/test/echo", params={"then": COMPANIES})
+    )
+
+
 def test_redirect_after_a_replay_ends_with_the_new_token_without_a_new_fetch(
     redirect_fake: FakeOpsNow,
 ) -> None:
     fake = redirect_fake
-    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
     with requests.Session() as s:
-        s.auth = auth
-        s.get(fake.base_url + COMPANIES)
-        fake.revoke_tokens()
-        sent = s.prepare_request(
-            requests.Request("GET", fake.base_url + "/test/echo", params={"then": COMPANIES})
-        )
+        sent = revoked_then_redirected(fake, s)
         response = s.send(sent, timeout=10)
 
     assert response.status_code == 200
@@ -285,15 +291,8 @@ def test_a_failed_refresh_of_a_still_valid_token_keeps_it_when_asked_for_a_fresh
 def test_the_401_stays_in_history_when_the_replay_is_redirected(
     redirect_fake: FakeOpsNow,
 ) -> None:
-    fake = redirect_fake
-    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
     with requests.Session() as s:
-        s.auth = auth
-        s.get(fake.base_url + COMPANIES, timeout=10)
-        fake.revoke_tokens()
-        sent = s.prepare_request(
-            requests.Request("GET", fake.base_url + "/test/echo", params={"then": COMPANIES})
-        )
+        sent = revoked_then_redirected(redirect_fake, s)
         response = s.send(sent, timeout=10)
         assert response.status_code == 200
         statuses = [r.status_code for r in response.history]

@@ -27,8 +27,8 @@ from requests_opsnow.cache import cache_key
 from requests_opsnow.rediscache import BREAKER_MAX_PAUSE, RedisTokenCache
 from requests_opsnow.testing import FakeOpsNow
 
-from ._workers import fleet_member, get_with_the_environments_cache, token_of
-from .helpers import COMPANIES, FakeClock, MakeAuth, tokens_together
+from ._workers import fleet_member, token_of
+from .helpers import COMPANIES, FakeClock, MakeAuth, legacy_scripts_at_once, tokens_together
 from .redis_support import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
@@ -155,18 +155,7 @@ def test_eight_processes_of_four_threads_share_one_token_and_one_refresh(
 def test_eight_legacy_processes_sharing_redis_by_url_make_one_token_request(
     fake: FakeOpsNow, redis_url: str, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OPSNOW_API_KEY", fake.api_key)
-    monkeypatch.setenv("OPSNOW_BASE_URL", fake.base_url)
-    monkeypatch.setenv("OPSNOW_TOKEN_CACHE", redis_url)
-    context = multiprocessing.get_context("spawn")  # children read this environment
-    with context.Manager() as manager:
-        barrier = manager.Barrier(8)
-        with ProcessPoolExecutor(max_workers=8, mp_context=context) as pool:
-            futures = [
-                pool.submit(get_with_the_environments_cache, barrier, fake.base_url + COMPANIES)
-                for _ in range(8)
-            ]
-            statuses = [future.result(timeout=60) for future in futures]
+    statuses = legacy_scripts_at_once(fake, redis_url, monkeypatch)
     assert statuses == [200] * 8
     assert fake.token_requests == 1
     stored = client.get(f"requests-opsnow:token:{cache_key(fake.token_url, fake.api_key)}")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,7 @@ from requests_opsnow import OpsNowAuth
 from requests_opsnow.cache import cache_key
 from requests_opsnow.testing import FakeOpsNow
 
-from ._workers import get_with_the_environments_cache
-from .helpers import COMPANIES, Cli
+from .helpers import COMPANIES, Cli, legacy_scripts_at_once
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,18 +69,7 @@ def test_an_explicit_cache_beats_the_environment(
 def test_eight_legacy_processes_sharing_a_file_cache_make_one_token_request(
     fake: FakeOpsNow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OPSNOW_API_KEY", fake.api_key)
-    monkeypatch.setenv("OPSNOW_BASE_URL", fake.base_url)
-    monkeypatch.setenv("OPSNOW_TOKEN_CACHE", f"file:{tmp_path}")
-    context = multiprocessing.get_context("spawn")  # children read this environment
-    with context.Manager() as manager:
-        barrier = manager.Barrier(8)
-        with ProcessPoolExecutor(max_workers=8, mp_context=context) as pool:
-            futures = [
-                pool.submit(get_with_the_environments_cache, barrier, fake.base_url + COMPANIES)
-                for _ in range(8)
-            ]
-            statuses = [future.result(timeout=50) for future in futures]
+    statuses = legacy_scripts_at_once(fake, f"file:{tmp_path}", monkeypatch)
     assert statuses == [200] * 8
     assert fake.token_requests == 1
 
