@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,17 +77,17 @@ def test_the_lifecycle_and_the_exchange_policy_know_no_http_client() -> None:
 
 
 def test_no_file_cites_a_document_outside_the_repository() -> None:
-    tracked = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.split()  # fmt: skip
+    # The project's own files (CI runs on a copy that is not a git checkout).
+    files = [
+        *ROOT.glob("*.md"), *ROOT.glob("*.cfg"), *ROOT.glob("*.toml"), *ROOT.glob(".ci/*"),
+        *ROOT.glob("docs/*.md"), *ROOT.glob("requests_opsnow/*.py"), *ROOT.glob("tests/*.py"),
+        *ROOT.glob("benchmarks/*.py"),
+    ]  # fmt: skip
     outside = re.compile(r"\bSPEC\b|SPEC\.md|STYLE\.md|\.\./shared")
     offenders = [
-        name
-        for name in tracked
-        if name.endswith((".py", ".md", ".cfg", ".toml", ".txt"))
-        and name != "tests/test_design.py"
-        and (ROOT / name).exists()
-        and outside.search((ROOT / name).read_text(errors="replace"))
+        str(path.relative_to(ROOT))
+        for path in files
+        if path.name != "test_design.py" and outside.search(path.read_text(errors="replace"))
     ]
+    assert len(files) > 50
     assert offenders == []
