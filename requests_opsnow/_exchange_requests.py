@@ -10,7 +10,7 @@ import functools
 import socket
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -220,16 +220,17 @@ class _CancellableAdapter(HTTPAdapter):
     """An adapter whose connections register with the fetch's cancellation.
 
     A server that answers one byte a second never trips a read timeout (it
-    applies to each read); when waiters give up, they shut the socket down and
+    applies to each read); when the fetch outlives its bound, the watchdog shuts the socket and
     the fetching thread's read fails at once.
     """
 
+    # cast: the type stubs of some requests releases leave these methods untyped.
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
+        cast(Any, super()).init_poolmanager(*args, **kwargs)
         _make_cancellable(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager = cast(Any, super()).proxy_manager_for(proxy, **proxy_kwargs)
         _make_cancellable(manager)
         return manager
 

@@ -211,10 +211,16 @@ def _claimed_expiry(source: dict[str, Any], token: str, *, now: float) -> float:
 
 def _finite_number(raw: object, *, strings: bool = True) -> float | None:
     """A finite number from a JSON number (or, with ``strings``, a numeric string); else None."""
-    if isinstance(raw, bool) or not isinstance(raw, (int, float, str) if strings else (int, float)):
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, str) and strings:
+        text: str | int | float = raw.strip()
+    elif isinstance(raw, (int, float)):
+        text = raw
+    else:
         return None
     try:
-        number = float(raw.strip() if isinstance(raw, str) else raw)
+        number = float(text)
     except (ValueError, OverflowError):  # OverflowError: a JSON integer too big for a float
         return None
     return number if math.isfinite(number) else None

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -184,8 +184,9 @@ class _RetryingAdapter(HTTPAdapter):
         return super().send(request, *args, **kwargs)
 
     def close(self) -> None:
-        super().close()
-        self._once.close()
+        # cast: the type stubs of some requests releases leave close() untyped.
+        cast(Any, super()).close()
+        cast(Any, self._once).close()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]
