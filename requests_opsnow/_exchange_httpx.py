@@ -130,8 +130,17 @@ def fetch_token(
 async def fetch_token_async(
     endpoint: TokenEndpoint, api_key: str, settings: ClientSettings, cancellation: Cancellation
 ) -> Token:
-    """Exchange ``api_key`` for a token with an async httpx client of its own."""
-    async with httpx.AsyncClient(**settings.client_options(endpoint)) as client:
+    """Exchange ``api_key`` for a token with an async httpx client of its own.
+
+    The client is built in a worker thread: building one loads a CA bundle
+    (tens of milliseconds), which would stall the event loop and every other
+    request on it.
+    """
+    import anyio
+
+    options = settings.client_options
+    client = await anyio.to_thread.run_sync(lambda: httpx.AsyncClient(**options(endpoint)))
+    async with client:
 
         async def attempt() -> Token:
             return await _attempt_async(client, endpoint, api_key, cancellation)

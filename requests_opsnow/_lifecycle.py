@@ -183,12 +183,25 @@ class _Flight:
         self._latch.acquire()  # released once landed
         self._held: HeldToken | None = None
         self._error: BaseException | None = None
+        self._on_land: list[Callable[[], None]] = []
 
     def land(self, held: HeldToken | None, error: BaseException | None) -> None:
         self._held, self._error = held, error
         self.landed = True
         with contextlib.suppress(RuntimeError):  # already released
             self._latch.release()
+        for callback in self._on_land:  # a list iterator also sees what is appended meanwhile
+            callback()
+
+    def on_land(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the flight has landed, in the thread that lands it.
+
+        It may be called twice (when it is added just as the flight lands), and
+        must not raise: it is how a coroutine's event loop learns of the landing.
+        """
+        self._on_land.append(callback)
+        if self.landed:
+            callback()
 
     def wait(self) -> HeldToken | None:
         """The result; None if the flight was interrupted or abandoned (start another).

@@ -8,9 +8,10 @@ waits and fetches, so that the event loop is never blocked:
 - a flight started by a coroutine runs in a task of its own, which nobody
   awaits: cancelling a waiter, even the one that started it, never cancels the
   fetch the others wait for;
-- waiters poll the flight's flag with short sleeps (a flight led by a thread
-  sets no loop-aware event), and never wait on a thread lock; the lifecycle's
-  own lock is taken only for a few instructions, never across I/O;
+- waiters await an event of their loop, which the flight sets (from
+  whichever thread lands it) through the loop's thread-safe entry, and never
+  wait on a thread lock; the lifecycle's own lock is taken only for a few
+  instructions, never across I/O;
 - the fetch goes through the async client, bounded with ``anyio.fail_after``;
   with a store, whose lock must be held by one thread across the fetch, the
   whole "lock, read, fetch, write" runs in a worker thread with the blocking fetch.
@@ -18,6 +19,8 @@ waits and fetches, so that the event loop is never blocked:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Callable, Protocol
@@ -25,6 +28,7 @@ from typing import Any, Callable, Protocol
 from . import _clock
 from ._lifecycle import (
     _INTERRUPTED,
+    LIVENESS_POLL,
     Cancellation,
     Fetch,
     HeldToken,
@@ -37,10 +41,6 @@ from ._token import Token
 from .errors import OpsNowAuthError, TokenRequestError
 
 log = logging.getLogger("requests_opsnow")
-
-POLL_FIRST = 0.001
-POLL_MAX = 0.02
-"""A waiting coroutine checks its flight after 1 ms, then ever less often, up to every 20 ms."""
 
 
 class AsyncFetch(Protocol):
@@ -128,11 +128,14 @@ def _start_early_refresh(lifecycle: TokenLifecycle, held: HeldToken, fetch: Asyn
 
 
 async def _wait(flight: _Flight) -> HeldToken | None:
-    """:meth:`_Flight.wait` without blocking the loop: short sleeps, the same deadline."""
-    pause = POLL_FIRST
+    """:meth:`_Flight.wait` without blocking the loop: the same checks, the same deadline."""
+    import anyio
+
+    landed, wake = _wake_up_call()
+    flight.on_land(wake)
     while not flight.landed:
-        await _clock.sleep_async(pause)
-        pause = min(pause * 2, POLL_MAX)
+        with anyio.move_on_after(min(LIVENESS_POLL, flight.deadline - _clock.monotonic())):
+            await landed.wait()
         now = _clock.monotonic()
         if flight._abandoned(now):
             return None
@@ -142,6 +145,30 @@ async def _wait(flight: _Flight) -> HeldToken | None:
                 f"no token within {flight.bound:.0f} s: the token request was stopped"
             )
     return flight.wait()  # landed: returns (or raises) at once
+
+
+def _wake_up_call() -> tuple[Any, Callable[[], None]]:
+    """An ``anyio.Event`` of the running loop, and a function any thread may call to set it."""
+    import anyio
+
+    event = anyio.Event()
+    loop = _running_asyncio_loop()
+    if loop is not None:
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to wake
+                loop.call_soon_threadsafe(event.set)
+
+        return event, wake
+    import trio
+
+    trio_token = trio.lowlevel.current_trio_token()
+
+    def wake_trio() -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            trio_token.run_sync_soon(event.set)
+
+    return event, wake_trio
 
 
 async def _fly(lifecycle: TokenLifecycle, flight: _Flight, fetch: AsyncFetch) -> None:
@@ -194,15 +221,20 @@ _tasks: set[Any] = set()
 
 def _spawn(function: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
     """Run ``function(*args)`` in a task nobody awaits, on asyncio or trio."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio (anyio's other backend)
+    loop = _running_asyncio_loop()
+    if loop is None:
         import trio
 
         trio.lowlevel.spawn_system_task(function, *args)
         return
-    task: asyncio.Task[None] = asyncio.get_running_loop().create_task(function(*args))
+    task: asyncio.Task[None] = loop.create_task(function(*args))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; None under trio (anyio's other backend)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -7,6 +7,7 @@ nothing blocks the event loop; cancellation never strands the others.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
@@ -16,7 +17,7 @@ import requests
 import respx
 
 import requests_opsnow
-from requests_opsnow import ReplaySkippedWarning, TokenRequestError
+from requests_opsnow import ReplaySkippedWarning, TokenRequestError, _lifecycle_async
 from requests_opsnow.httpx import OpsNowAuth
 from requests_opsnow.testing import FakeOpsNow
 
@@ -135,6 +136,41 @@ async def test_cancelling_the_waiters_and_the_leader_mid_fetch_leaves_the_auth_u
         token = await auth.aget_token()
     assert token == fake.issued_tokens[-1]
     assert fake.token_requests == 1  # the fetch went on for whoever asks next
+
+
+@pytest.mark.anyio
+async def test_a_coroutine_waiting_on_a_thread_s_fetch_is_woken_when_it_lands(
+    fake: FakeOpsNow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its liveness check would come only after 60 s: only the flight's wake-up,
+    # sent from the thread that lands it, can end the wait within the 10 s.
+    monkeypatch.setattr(_lifecycle_async, "LIVENESS_POLL", 60.0)
+    waiting = threading.Event()
+    wake_up_call = _lifecycle_async._wake_up_call
+
+    def spied_wake_up_call() -> object:
+        waiting.set()
+        return wake_up_call()
+
+    monkeypatch.setattr(_lifecycle_async, "_wake_up_call", spied_wake_up_call)
+    fake.hold_token_requests()
+    threaded = requests_opsnow.OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    tokens: list[str] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(anyio.to_thread.run_sync, lambda: tokens.append(threaded.get_token()))
+        await anyio.to_thread.run_sync(lambda: wait_until(lambda: fake.token_requests == 1))
+
+        async def from_coroutine() -> None:
+            tokens.append(await auth_for(fake).aget_token())
+
+        group.start_soon(from_coroutine)
+        assert await anyio.to_thread.run_sync(waiting.wait, 10)
+        fake.release_token_requests()
+        with anyio.fail_after(10):
+            while len(tokens) < 2:
+                await anyio.sleep(0.01)
+    assert tokens == [fake.issued_tokens[0]] * 2
+    assert fake.token_requests == 1
 
 
 @pytest.mark.anyio
