@@ -28,6 +28,7 @@ The file never holds a key. A profile's key comes from its source:
 from __future__ import annotations
 
 import configparser
+import functools
 import os
 import shlex
 import stat
@@ -64,29 +65,48 @@ class Profile(NamedTuple):
 
 
 def config_folder() -> Path:
-    """``$XDG_CONFIG_HOME/opsnow``, else ``~/.config/opsnow``."""
-    xdg = os.environ.get("XDG_CONFIG_HOME", "")
-    if os.path.isabs(xdg):
-        return Path(xdg) / "opsnow"
-    try:
-        return Path.home() / ".config" / "opsnow"
-    except (RuntimeError, KeyError):
-        raise ValueError(
-            "no config folder: set XDG_CONFIG_HOME or HOME, or set OPSNOW_API_KEY"
-        ) from None
+    """``$XDG_CONFIG_HOME/opsnow``, else ``~/.config/opsnow``; ValueError if neither is known."""
+    return _known(_config_paths())[0]
 
 
 def config_path() -> Path:
-    return config_folder() / "config"
+    return _known(_config_paths())[1]
 
 
 def credentials_path() -> Path:
-    return config_folder() / "credentials"
+    return _known(_config_paths())[2]
 
 
 def read_profiles() -> dict[str, Profile]:
-    """Every profile in the config file ({} when there is no file); ValueError if unreadable."""
-    return _files.profiles(config_path())
+    """Every profile in the config file: {} when there is no file (or no folder for one,
+    as for a process with no ``HOME``); ValueError if the file is unreadable."""
+    paths = _config_paths()
+    return _files.profiles(paths[1]) if paths is not None else {}
+
+
+def _config_paths() -> tuple[Path, Path, Path] | None:
+    return _config_paths_for(os.environ.get("XDG_CONFIG_HOME", ""), os.environ.get("HOME"))
+
+
+@functools.lru_cache(maxsize=4)
+def _config_paths_for(xdg: str, home: str | None) -> tuple[Path, Path, Path] | None:
+    """The folder, config file and credentials file (None: no home folder to put them in);
+    remembered, as an auth built per call asks every time. ``home`` is only part of the
+    key: ``expanduser`` reads ``HOME`` itself."""
+    if os.path.isabs(xdg):
+        folder = Path(xdg, "opsnow")
+    else:
+        home_folder = os.path.expanduser("~")
+        if not os.path.isabs(home_folder):
+            return None
+        folder = Path(home_folder, ".config", "opsnow")
+    return folder, folder / "config", folder / "credentials"
+
+
+def _known(paths: tuple[Path, Path, Path] | None) -> tuple[Path, Path, Path]:
+    if paths is None:
+        raise ValueError("no config folder: set XDG_CONFIG_HOME or HOME, or set OPSNOW_API_KEY")
+    return paths
 
 
 def named_profile(name: str | None) -> Profile | None:
@@ -297,37 +317,55 @@ class _Files(RuntimeState):
 
     def _new_runtime_state(self) -> None:
         self._lock = threading.Lock()
-        self._parsed: dict[Path, tuple[tuple[int, int], configparser.ConfigParser]] = {}
+        self._parsed: dict[Path, _Parsed] = {}
 
     def parser(self, path: Path) -> configparser.ConfigParser:
         """A copy of the file's contents (empty if there is no file); ValueError if unreadable."""
+        parsed = self._current(path)
+        copy = _new_parser()
+        if parsed is not None:
+            copy.read_dict(parsed.parser)
+        return copy
+
+    def profiles(self, path: Path) -> dict[str, Profile]:
+        parsed = self._current(path)
+        return dict(parsed.profiles) if parsed is not None else {}
+
+    def _current(self, path: Path) -> _Parsed | None:
+        """The file as it is now, parsed again only if it changed; None if there is none."""
         try:
             info = path.stat()
         except FileNotFoundError:
-            return _new_parser()
+            return None
         except OSError as exc:
             raise ValueError(f"cannot read {path}: {exc.strerror}") from None
         version = (info.st_mtime_ns, info.st_size)
         with self._lock:
-            cached = self._parsed.get(path)
-        if cached is None or cached[0] != version:
-            cached = (version, _parse(path))
+            parsed = self._parsed.get(path)
+        if parsed is None or parsed.version != version:
+            parser = _parse(path)
+            parsed = _Parsed(version, parser, _profiles_in(parser))
             with self._lock:
-                self._parsed[path] = cached
-        copy = _new_parser()
-        copy.read_dict(cached[1])
-        return copy
-
-    def profiles(self, path: Path) -> dict[str, Profile]:
-        parser = self.parser(path)
-        return {
-            name: Profile(name, *(parser.get(name, field, fallback=None) for field in SETTINGS))
-            for name in parser.sections()
-        }
+                self._parsed[path] = parsed
+        return parsed
 
     def forget(self, path: Path) -> None:
         with self._lock:
             self._parsed.pop(path, None)
+
+
+class _Parsed(NamedTuple):
+    version: tuple[int, int]
+    """The file's modification time (ns) and size when it was read."""
+    parser: configparser.ConfigParser
+    profiles: dict[str, Profile]
+
+
+def _profiles_in(parser: configparser.ConfigParser) -> dict[str, Profile]:
+    return {
+        name: Profile(name, *(parser.get(name, field, fallback=None) for field in SETTINGS))
+        for name in parser.sections()
+    }
 
 
 def _new_parser() -> configparser.ConfigParser:

@@ -126,6 +126,33 @@ def test_base_url_argument_beats_environment_beats_profile_region(
     )
 
 
+def test_each_new_auth_reads_the_config_file_as_it_is_now(
+    config_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(config_home, "[default]\nregion = kr\n")
+    assert OpsNowAuth("k").base_url == "https://api.kr.opsnow360.io"
+    path.write_text("[default]\nbase_url = https://api.opsnow.io\n")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a clock with coarse mtimes
+    assert OpsNowAuth("k").base_url == "https://api.opsnow.io"
+    path.unlink()
+    assert OpsNowAuth("k").base_url == "https://api.opsnow360.io"
+    monkeypatch.delenv("XDG_CONFIG_HOME")  # then ~/.config/opsnow, wherever HOME is now
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    write_config(tmp_path / "home" / ".config" / "opsnow", "[default]\nregion = kr\n")
+    assert OpsNowAuth("k").base_url == "https://api.kr.opsnow360.io"
+
+
+def test_without_a_home_folder_there_are_no_profiles_and_naming_one_is_an_error(
+    fake: FakeOpsNow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", "not/an/absolute/folder")  # as for a user with no home
+    auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    assert auth.get_token() == fake.issued_tokens[0]
+    with pytest.raises(ValueError, match="no config folder: set XDG_CONFIG_HOME or HOME"):
+        OpsNowAuth(fake.api_key, profile="work")
+
+
 def test_token_cache_argument_beats_environment_beats_profile(
     fake: FakeOpsNow, config_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
