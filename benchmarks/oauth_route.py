@@ -8,18 +8,30 @@ form or as the HTTP Basic password), answered with
 ``{"access_token", "token_type": "Bearer", "expires_in"}``. Its tokens are the
 fake's own, so they work on every API path; it keeps its own count, because
 ``fake.token_requests`` counts only the OpsNow endpoint.
+
+``python benchmarks/oauth_route.py --ttl S --token-delay D`` serves a FakeOpsNow
+with this route in a process of its own (run.py's ``fake_server_process(...,
+oauth=True)``), printing one line of JSON as ``opsnow fake-server --json`` does;
+the route is at ``base_url + OAUTH_PATH``, and ``GET base_url + COUNTS_PATH``
+answers the token requests both endpoints have had so far, ``{"opsnow": n,
+"oauth": n}``. Ctrl-C (SIGINT) stops it.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import json
 import secrets
+import signal
+import sys
 import threading
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from requests_opsnow.testing import FakeOpsNow, RecordedRequest, Reply
 
 OAUTH_PATH = "/oauth/token"
+COUNTS_PATH = "/bench/token-requests"
 
 
 class OAuthTokenRoute:
@@ -79,3 +91,33 @@ def _basic_password(authorization: str | None) -> str | None:
 
 def _same(given: str | None, expected: str) -> bool:
     return given is not None and secrets.compare_digest(given.encode(), expected.encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A FakeOpsNow with the OAuth2 route, until SIGINT: for a process-separate fake."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--ttl", type=float, default=3600.0, help="token lifetime in seconds")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per token")
+    args = parser.parse_args(argv)
+    # SIGINT stops it even when started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with FakeOpsNow(ttl=args.ttl) as fake:
+        fake.set_token_delay(args.token_delay)
+        oauth = add_oauth_token_route(fake)
+
+        def counts(request: RecordedRequest) -> Reply:
+            return Reply.json(200, {"opsnow": fake.token_requests, "oauth": oauth.token_requests})
+
+        fake.route("GET", COUNTS_PATH, counts, authorized=False)
+        host = urlsplit(fake.base_url).hostname
+        details = {"base_url": fake.base_url, "api_key": fake.api_key, "no_proxy": host}
+        print(json.dumps(details), flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            return 0
+    return 0  # pragma: no cover - left by Ctrl-C
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Generator
 from typing import Any
 
+import httpx
 import requests
 from requests.auth import AuthBase
 
@@ -62,3 +64,18 @@ class BlockingRefreshAuth(NaiveTokenAuth):
                     self._fetch()
         r.headers["Authorization"] = f"Bearer {self.token}"
         return r
+
+
+class StaticBearerHttpxAuth(httpx.Auth):
+    """The httpx baseline: a fixed token in the header, as an ``httpx.Auth``.
+
+    Only the sync flow is written, as users write it; httpx drives the same
+    generator for ``httpx.AsyncClient``.
+    """
+
+    def __init__(self, token: str) -> None:
+        self.header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self.header
+        yield request

@@ -1,9 +1,10 @@
-"""Benchmarks for requests-opsnow: ``python benchmarks/run.py`` (about a minute).
+"""Benchmarks for requests-opsnow: ``python benchmarks/run.py`` (about three minutes).
 
 Everything is measured in one run, interleaved, and reported as ratios, because
-the machines these run on are shared and noisy. Peers (requests-auth) are used
-when installed; matplotlib, when installed, draws ``benchmarks/latency.png`` (shown in the README).
-Results also go to ``benchmarks/out/results.json``.
+the machines these run on are shared and noisy. Peers (requests-auth, and
+httpx-auth for the httpx sections) are used when installed; matplotlib, when
+installed, draws ``benchmarks/latency.png`` (shown in the README). Results also
+go to ``benchmarks/out/results.json``.
 """
 
 from __future__ import annotations
@@ -18,22 +19,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import anyio
+import httpx
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from oauth_route import add_oauth_token_route
-from peers import BlockingRefreshAuth, NaiveTokenAuth, StaticBearerAuth
+from oauth_route import COUNTS_PATH, OAUTH_PATH, add_oauth_token_route
+from peers import BlockingRefreshAuth, NaiveTokenAuth, StaticBearerAuth, StaticBearerHttpxAuth
 
 from requests_opsnow import OpsNowAuth
+from requests_opsnow.httpx import OpsNowAuth as HttpxOpsNowAuth
 from requests_opsnow.testing import FakeOpsNow
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -114,9 +119,106 @@ class ImportCost:
 
 
 @dataclass(frozen=True)
+class HttpxOverhead:
+    """httpx per-request cost, ``requests_opsnow.httpx.OpsNowAuth`` vs a static Bearer
+    ``httpx.Auth``, with a ``MockTransport`` answering at once (same client, interleaved)."""
+
+    sync_client: Overhead
+    async_client: Overhead
+    token_requests_while_timed: int
+    """Token requests the fake saw during the timed part: 0, or the figures mean nothing."""
+
+
+@dataclass(frozen=True)
+class StampedeResult:
+    """One auth under ``coroutines`` requests started at once on a cold token."""
+
+    token_requests: int
+    """Counted by the server."""
+    coroutines: int
+    ok: int
+    failed: int
+    errors: dict[str, int]
+    """Exception type names (or ``HTTP <status>``) of the failed requests, how many of each."""
+    seconds: float
+    first_ok_s: float | None
+    """When the first request succeeded (seconds since the coroutines were started)."""
+    async_flow: bool
+    """Whether the auth has an async flow of its own; if not, httpx runs its sync flow
+    (and so its token request) in the event loop's thread."""
+
+
+@dataclass(frozen=True)
+class AsyncStampede:
+    """``coroutines`` requests on a cold auth, one ``httpx.AsyncClient`` with
+    ``max_connections``, two ways of queueing the requests beyond that:
+
+    - ``gated``: at a semaphore in front of httpcore's pool (at most ``max_connections``
+      requests in the pool);
+    - ``pool_queued``: in httpcore's pool itself, which runs an assignment pass over
+      every queued request and connection each time a request enters or leaves
+      (httpcore 1.0.9): seconds of CPU on the event loop.
+
+    The auth flow runs before the transport, so in both the auth sees all
+    ``coroutines`` at once.
+    """
+
+    coroutines: int
+    token_delay_s: float
+    max_connections: int
+    httpcore: str
+    gated: dict[str, StampedeResult]
+    pool_queued: dict[str, StampedeResult]
+
+
+@dataclass(frozen=True)
+class LoopLag:
+    """How late a 1 ms ``anyio.sleep`` ticker woke, while coroutines sent requests."""
+
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    max_at_s: float
+    """When the longest lag began (seconds since start of the timed part)."""
+    window_max_ms: float
+    """The longest lag that began in the refresh window (``LoopHealth.window_s``), with
+    or without a refresh: the steady-state variants are the control."""
+    outside_max_ms: float
+    """The longest lag outside that window."""
+    gen2_collections: int
+    """Full garbage collections during the timed part: each one is a stall of its own."""
+    ticks: int
+    requests: int
+    failed: int
+    new_token_at_s: float | None
+    """When a request first carried a token other than the first one (None: no refresh)."""
+
+
+@dataclass(frozen=True)
+class LoopHealth:
+    seconds: float
+    coroutines: int
+    token_delay_s: float
+    refresh_margin_s: float
+    refresh_due_s: float
+    """When the first token becomes due for its early refresh (seconds since start), for
+    ``ttl`` 3 s: the refresh's token request then takes ``token_delay_s``."""
+    window_s: tuple[float, float]
+    """The refresh window: from just before it is due to just after its token request."""
+    httpx_async_client_ms: float
+    """Median time to build an ``httpx.AsyncClient()`` (default TLS settings, which load
+    a CA bundle) in this process: work done in the event loop's thread when a token
+    request builds a client of its own."""
+    variants: dict[str, LoopLag]
+
+
+@dataclass(frozen=True)
 class BenchmarkReport:
     python: str
     requests: str
+    httpx: str
+    httpx_auth: str | None
+    """httpx-auth's version, or None when it is not installed (its rows are then missing)."""
     auth_call: AuthCallCost
     stubbed: Overhead
     per_call: Overhead
@@ -126,6 +228,9 @@ class BenchmarkReport:
     sustained: Sustained
     revocation: TokenCount
     latency: dict[str, Latency]
+    httpx_overhead: HttpxOverhead
+    async_stampede: AsyncStampede
+    loop_health: LoopHealth
     import_cost: ImportCost
 
     def to_json(self) -> str:
@@ -432,11 +537,21 @@ class FakeServer:
 
 
 @contextmanager
-def fake_server_process(ttl: float, token_delay: float) -> Iterator[FakeServer]:
-    """``opsnow fake-server`` in its own process: the server does not share our GIL."""
+def fake_server_process(
+    ttl: float, token_delay: float, oauth: bool = False
+) -> Iterator[FakeServer]:
+    """``opsnow fake-server`` in its own process: the server does not share our GIL.
+
+    ``oauth``: the same fake with ``oauth_route``'s OAuth2 token endpoint too (at
+    ``base_url + OAUTH_PATH``), run by ``benchmarks/oauth_route.py``.
+    """
+    program = (
+        [str(Path(__file__).resolve().parent / "oauth_route.py")]
+        if oauth
+        else ["-m", "requests_opsnow", "fake-server", "--json"]
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "requests_opsnow", "fake-server", "--json", "--ttl", str(ttl),
-         "--token-delay", str(token_delay)],
+        [sys.executable, *program, "--ttl", str(ttl), "--token-delay", str(token_delay)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -587,6 +702,375 @@ def _latency(samples: list[tuple[float, float]], refreshed: bool) -> Latency:
     )
 
 
+# -- httpx ---------------------------------------------------------------------------------
+
+ASYNC_BOUND = 120.0
+"""Seconds: the longest any one async section may take before it is stopped (anyio.fail_after)."""
+
+
+def _httpx_auth_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("httpx-auth")
+    except PackageNotFoundError:
+        return None
+
+
+def _httpx_auth_peer(token_url: str, api_key: str, margin: float) -> httpx.Auth | None:
+    """httpx-auth's ``OAuth2ClientCredentials`` against ``oauth_route``, cold; None if absent.
+
+    It has a sync flow only: in an ``httpx.AsyncClient``, httpx runs it (and its token
+    request, with a blocking ``httpx.Client``) in the event loop's thread.
+    """
+    try:
+        import httpx_auth
+    except ImportError:
+        return None
+    httpx_auth.OAuth2.token_cache.clear()  # its cache is process-wide: start cold
+    auth: httpx.Auth = httpx_auth.OAuth2ClientCredentials(
+        token_url, "bench-client", api_key, early_expiry=margin, timeout=int(TIMEOUT)
+    )
+    return auth
+
+
+def _has_async_flow(auth: httpx.Auth) -> bool:
+    return type(auth).async_auth_flow is not httpx.Auth.async_auth_flow
+
+
+def _stub_api(request: httpx.Request) -> httpx.Response:
+    """The API behind ``httpx.MockTransport``: 200 at once, no network."""
+    return httpx.Response(
+        200, content=b'{"status":"success"}', headers={"Content-Type": "application/json"}
+    )
+
+
+async def interleaved_async(
+    variants: dict[str, Callable[[], Awaitable[object]]], rounds: int, per_round: int
+) -> dict[str, list[float]]:
+    """:func:`interleaved` for coroutines: seconds per awaited call, one sample per round."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for round_number in range(rounds):
+        order = list(variants.items())
+        if round_number % 2:
+            order.reverse()
+        for name, call in order:
+            start = time.perf_counter()
+            for _ in range(per_round):
+                await call()
+            samples[name].append((time.perf_counter() - start) / per_round)
+    return samples
+
+
+def httpx_overhead() -> HttpxOverhead:
+    """Per request, OpsNow's httpx auth vs a static Bearer auth, sync and async clients.
+
+    The API is a ``MockTransport``; the OpsNow auth's token comes beforehand from
+    an in-process FakeOpsNow (``token_url``), while the API URL stays an OpsNow
+    host, so the token is attached, from memory, on every timed request.
+    """
+    rounds, per_round = 40, 200
+    with FakeOpsNow() as fake:
+        auth = HttpxOpsNowAuth(fake.api_key, token_url=fake.token_url)
+        static = StaticBearerHttpxAuth(auth.get_token())
+        before = fake.token_requests
+        transport = httpx.MockTransport(_stub_api)
+        with httpx.Client(transport=transport, timeout=TIMEOUT) as client:
+            _check_attached(client.get(API_URL, auth=auth), static)
+            sync_times = interleaved(
+                {
+                    "static": lambda: client.get(API_URL, auth=static),
+                    "static again": lambda: client.get(API_URL, auth=static),
+                    "opsnow": lambda: client.get(API_URL, auth=auth),
+                },
+                rounds=rounds,
+                per_round=per_round,
+            )
+
+        async def async_times() -> dict[str, list[float]]:
+            with anyio.fail_after(ASYNC_BOUND):
+                async with httpx.AsyncClient(transport=transport, timeout=TIMEOUT) as client:
+                    _check_attached(await client.get(API_URL, auth=auth), static)
+                    return await interleaved_async(
+                        {
+                            "static": lambda: client.get(API_URL, auth=static),
+                            "static again": lambda: client.get(API_URL, auth=static),
+                            "opsnow": lambda: client.get(API_URL, auth=auth),
+                        },
+                        rounds=rounds,
+                        per_round=per_round,
+                    )
+
+        async_result = anyio.run(async_times)
+        while_timed = fake.token_requests - before
+    return HttpxOverhead(
+        sync_client=_overhead(sync_times),
+        async_client=_overhead(async_result),
+        token_requests_while_timed=while_timed,
+    )
+
+
+def _check_attached(response: httpx.Response, static: StaticBearerHttpxAuth) -> None:
+    """The OpsNow auth put its token on the API request (else the timing means nothing)."""
+    if response.status_code != 200 or response.request.headers.get("Authorization") != (
+        static.header
+    ):
+        raise RuntimeError("the OpsNow httpx auth did not attach its token to the stubbed API")
+
+
+STAMPEDE_COROUTINES = 1000
+STAMPEDE_CONNECTIONS = 100
+
+
+class GatedTransport(httpx.AsyncBaseTransport):
+    """At most ``limit`` requests at a time in the wrapped transport; the rest wait here.
+
+    A semaphore costs the same however many wait; httpcore's pool, with hundreds of
+    requests queued in it, spends seconds of the event loop's time on assigning
+    them (see :class:`AsyncStampede`).
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int) -> None:
+        self._inner = inner
+        self._gate = anyio.Semaphore(limit)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async with self._gate:
+            response = await self._inner.handle_async_request(request)
+            await response.aread()  # the connection is back in the pool before the next one
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def async_stampede(token_delay: float = 0.1) -> AsyncStampede:
+    """1,000 coroutines on a cold auth at once, one ``httpx.AsyncClient``: token requests.
+
+    Each contender gets a fake of its own, in its own process (a new key: nothing
+    cached; and the server's handler threads do not share this process's GIL with
+    the event loop), whose token endpoints take ``token_delay``, so the first
+    fetch is in flight while the other coroutines arrive. The server counts the
+    token requests.
+    """
+    import httpcore
+
+    results: dict[bool, dict[str, StampedeResult]] = {True: {}, False: {}}
+    for gated in (True, False):
+        for name, (oauth, make) in _async_contenders().items():
+            with fake_server_process(3600.0, token_delay, oauth=True) as server:
+                auth = make(server)
+                if auth is None:
+                    continue
+                url = server.base_url + "/platform/v2/companies"
+                outcome = anyio.run(_stampede, auth, url, gated)
+                counts = httpx.get(server.base_url + COUNTS_PATH, timeout=TIMEOUT).json()
+            results[gated][name] = outcome.result(
+                token_requests=int(counts["oauth" if oauth else "opsnow"]),
+                async_flow=_has_async_flow(auth),
+            )
+    return AsyncStampede(
+        coroutines=STAMPEDE_COROUTINES,
+        token_delay_s=token_delay,
+        max_connections=STAMPEDE_CONNECTIONS,
+        httpcore=httpcore.__version__,
+        gated=results[True],
+        pool_queued=results[False],
+    )
+
+
+AsyncContender = tuple[bool, Callable[[FakeServer], "httpx.Auth | None"]]
+"""Whether it uses the OAuth2 route (else OpsNow's token endpoint), and how to make the
+auth, cold, for a fake (None: its package is not installed)."""
+
+
+def _async_contenders() -> dict[str, AsyncContender]:
+    return {
+        "requests-opsnow (httpx)": (
+            False,
+            lambda server: HttpxOpsNowAuth(server.api_key, base_url=server.base_url),
+        ),
+        "httpx-auth OAuth2ClientCredentials": (
+            True,
+            lambda server: _httpx_auth_peer(
+                server.base_url + OAUTH_PATH, server.api_key, margin=30.0
+            ),
+        ),
+    }
+
+
+@dataclass
+class _Outcomes:
+    """What the coroutines of one stampede saw, as it happened."""
+
+    start: float
+    statuses: list[tuple[float, int]]
+    errors: Counter[str]
+    seconds: float = 0.0
+
+    def result(self, token_requests: int, async_flow: bool) -> StampedeResult:
+        errors = Counter(self.errors)
+        errors.update(f"HTTP {status}" for _, status in self.statuses if status != 200)
+        ok_at = [at for at, status in self.statuses if status == 200]
+        return StampedeResult(
+            token_requests=token_requests,
+            coroutines=STAMPEDE_COROUTINES,
+            ok=len(ok_at),
+            failed=STAMPEDE_COROUTINES - len(ok_at),
+            errors=dict(errors),
+            seconds=self.seconds,
+            first_ok_s=min(ok_at) if ok_at else None,
+            async_flow=async_flow,
+        )
+
+
+async def _stampede(auth: httpx.Auth, url: str, gated: bool) -> _Outcomes:
+    """STAMPEDE_COROUTINES requests started at once through one client."""
+    limits = httpx.Limits(max_connections=STAMPEDE_CONNECTIONS)
+    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
+    if gated:
+        transport = GatedTransport(transport, STAMPEDE_CONNECTIONS)
+    timeout = httpx.Timeout(TIMEOUT, pool=ASYNC_BOUND / 2)  # a generous wait for a connection
+    seen = _Outcomes(start=time.perf_counter(), statuses=[], errors=Counter())
+    with anyio.fail_after(ASYNC_BOUND):
+        async with httpx.AsyncClient(auth=auth, transport=transport, timeout=timeout) as client:
+
+            async def one() -> None:
+                try:
+                    response = await client.get(url)
+                except Exception as exc:  # noqa: BLE001 - counted and reported, whatever it is
+                    seen.errors[type(exc).__name__] += 1
+                else:
+                    seen.statuses.append((time.perf_counter() - seen.start, response.status_code))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(STAMPEDE_COROUTINES):
+                    group.start_soon(one)
+    seen.seconds = time.perf_counter() - seen.start
+    return seen
+
+
+TICK = 0.001
+"""Seconds the loop-lag ticker asks to sleep; its lag is how much longer it slept."""
+
+
+def loop_health(
+    seconds: float = 3.0, coroutines: int = 4, token_delay: float = 0.5, margin: float = 1.5
+) -> LoopHealth:
+    """Event-loop lag while coroutines send requests, with and without a refresh.
+
+    The fake runs in another process. With ``ttl`` 3 s and a margin of 1.5 s,
+    the first token (fetched before timing) becomes due at about 1.5 s and its
+    refresh takes ``token_delay``: one refresh in the timed ``seconds``.
+    """
+    ttl_refresh = 3.0
+    due = ttl_refresh - margin
+    window = (due - 0.1, due + token_delay + 0.1)
+
+    def opsnow(server: FakeServer) -> httpx.Auth | None:
+        return HttpxOpsNowAuth(server.api_key, base_url=server.base_url, refresh_margin=margin)
+
+    def peer(server: FakeServer) -> httpx.Auth | None:
+        return _httpx_auth_peer(server.base_url + OAUTH_PATH, server.api_key, margin)
+
+    variants: dict[str, tuple[float, bool, Callable[[FakeServer], httpx.Auth | None]]] = {
+        "requests-opsnow, steady state (no refresh)": (3600.0, False, opsnow),
+        "requests-opsnow, across the refresh": (ttl_refresh, False, opsnow),
+        "httpx-auth OAuth2ClientCredentials, steady state (no refresh)": (3600.0, True, peer),
+        "httpx-auth OAuth2ClientCredentials, across the refresh": (ttl_refresh, True, peer),
+    }
+    results: dict[str, LoopLag] = {}
+    for name, (ttl, oauth, make) in variants.items():
+        if oauth and _httpx_auth_version() is None:
+            continue
+        with fake_server_process(ttl, token_delay, oauth=oauth) as server:
+            auth = make(server)
+            assert auth is not None
+            url = server.base_url + "/platform/v2/companies"
+            results[name] = anyio.run(_watch_loop, auth, url, seconds, coroutines, window)
+    return LoopHealth(
+        seconds=seconds,
+        coroutines=coroutines,
+        token_delay_s=token_delay,
+        refresh_margin_s=margin,
+        refresh_due_s=due,
+        window_s=window,
+        httpx_async_client_ms=anyio.run(_async_client_ms),
+        variants=results,
+    )
+
+
+async def _async_client_ms(runs: int = 7) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        client = httpx.AsyncClient(timeout=TIMEOUT)
+        times.append(time.perf_counter() - start)
+        await client.aclose()
+    return statistics.median(times) * 1e3
+
+
+async def _watch_loop(
+    auth: httpx.Auth, url: str, seconds: float, coroutines: int, window: tuple[float, float]
+) -> LoopLag:
+    """``coroutines`` sending requests for ``seconds``, and a ticker timing the loop."""
+    import gc
+
+    lags: list[tuple[float, float]] = []
+    failures: Counter[str] = Counter()
+    tokens: dict[str, float] = {}  # Authorization header -> when a request first sent it
+    sent = 0
+    with anyio.fail_after(seconds + ASYNC_BOUND):
+        async with httpx.AsyncClient(auth=auth, timeout=TIMEOUT) as client:
+            first = await client.get(url)  # the first token, before timing
+            first.raise_for_status()
+            first_header = first.request.headers.get("Authorization", "")
+            full_collections = gc.get_stats()[2]["collections"]
+            start = time.perf_counter()
+
+            async def requester() -> None:
+                nonlocal sent
+                while (began := time.perf_counter()) - start < seconds:
+                    try:
+                        response = await client.get(url)
+                    except httpx.HTTPError as exc:
+                        failures[type(exc).__name__] += 1
+                        continue
+                    sent += 1
+                    if response.status_code != 200:
+                        failures[f"HTTP {response.status_code}"] += 1
+                    tokens.setdefault(response.request.headers.get("Authorization", ""), began)
+
+            async def ticker() -> None:
+                while (began := time.perf_counter()) - start < seconds:
+                    await anyio.sleep(TICK)
+                    lags.append((began - start, time.perf_counter() - began - TICK))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(coroutines):
+                    group.start_soon(requester)
+                group.start_soon(ticker)
+            full_collections = gc.get_stats()[2]["collections"] - full_collections
+    ordered = sorted(lag for _, lag in lags)
+    worst_at, worst = max(lags, key=lambda sample: sample[1])
+    inside = [lag for at, lag in lags if window[0] <= at <= window[1]]
+    outside = [lag for at, lag in lags if not window[0] <= at <= window[1]]
+    new_tokens = [at - start for header, at in tokens.items() if header != first_header]
+    return LoopLag(
+        p50_ms=ordered[len(ordered) // 2] * 1e3,
+        p99_ms=ordered[int(len(ordered) * 0.99)] * 1e3,
+        max_ms=worst * 1e3,
+        max_at_s=worst_at,
+        window_max_ms=max(inside, default=0.0) * 1e3,
+        outside_max_ms=max(outside, default=0.0) * 1e3,
+        gen2_collections=full_collections,
+        ticks=len(lags),
+        requests=sent,
+        failed=sum(failures.values()),
+        new_token_at_s=min(new_tokens) if new_tokens else None,
+    )
+
+
 # -- import time ----------------------------------------------------------------------------------
 
 _IMPORT_PROBE = """
@@ -677,11 +1161,19 @@ def main() -> int:
             revocation = revocation_under_load(fake)
     with section("latency across a 500 ms refresh"):
         latency = latency_across_refresh()
+    with section("httpx per-request overhead, stubbed transport"):
+        httpx_cost = httpx_overhead()
+    with section(f"async stampede, {STAMPEDE_COROUTINES} coroutines"):
+        stampede = async_stampede()
+    with section("event-loop lag across a 500 ms refresh"):
+        loop = loop_health()
     with section("import time"):
         imports = import_cost()
     results = BenchmarkReport(
         python=sys.version.split()[0],
         requests=requests.__version__,
+        httpx=httpx.__version__,
+        httpx_auth=_httpx_auth_version(),
         auth_call=auth_call,
         stubbed=stubbed,
         per_call=per_call,
@@ -691,6 +1183,9 @@ def main() -> int:
         sustained=sustained_load,
         revocation=revocation,
         latency=latency,
+        httpx_overhead=httpx_cost,
+        async_stampede=stampede,
+        loop_health=loop,
         import_cost=imports,
     )
     drew = plot(results.latency, PLOT)
@@ -703,7 +1198,8 @@ def report(r: BenchmarkReport, drew: bool) -> str:
     stubbed, loopback, per_call, imp = r.stubbed, r.loopback, r.per_call, r.import_cost
     lines = [
         "",
-        f"Python {r.python}, requests {r.requests}",
+        f"Python {r.python}, requests {r.requests}, httpx {r.httpx},"
+        f" httpx-auth {r.httpx_auth or 'not installed'}",
         f"auth(prepared_request): {r.auth_call.auth_call_us:.2f} us",
         "per-request cost, OpsNowAuth vs a static Bearer auth (same session, interleaved medians):",
         f"  stubbed transport: {stubbed.static_us:.1f} us vs {stubbed.opsnow_us:.1f} us"
@@ -736,6 +1232,7 @@ def report(r: BenchmarkReport, drew: bool) -> str:
         f"{' (token refreshed)' if v.refreshed else ''}"
         for name, v in r.latency.items()
     ]
+    lines += _httpx_report(r)
     lines.append(
         f"import: requests {imp.requests_ms:.1f} ms; requests_opsnow adds"
         f" {imp.opsnow_extra_ms:.1f} ms ({imp.overhead_pct:.1f}%)"
@@ -743,6 +1240,65 @@ def report(r: BenchmarkReport, drew: bool) -> str:
     if drew:
         lines.append(f"plot: {PLOT}")
     return "\n".join(lines)
+
+
+def _httpx_report(r: BenchmarkReport) -> list[str]:
+    cost, stampede, loop = r.httpx_overhead, r.async_stampede, r.loop_health
+    lines = [
+        "httpx per-request cost, OpsNowAuth vs a static Bearer httpx.Auth (MockTransport,"
+        " same client, interleaved medians):",
+    ]
+    for label, o in (("httpx.Client", cost.sync_client), ("httpx.AsyncClient", cost.async_client)):
+        lines.append(
+            f"  {label}: {o.static_us:.1f} us vs {o.opsnow_us:.1f} us"
+            f" -> {o.overhead_pct:+.2f}% (noise: static vs itself {o.noise_pct:+.2f}%)"
+        )
+    lines.append(f"  token requests while timed: {cost.token_requests_while_timed}")
+    lines.append(
+        f"async stampede: {stampede.coroutines} coroutines on a cold auth at once, one"
+        f" AsyncClient (max_connections={stampede.max_connections}),"
+        f" {stampede.token_delay_s * 1e3:.0f} ms token endpoint, server in another process:"
+    )
+    for label, contenders in (
+        ("requests beyond the limit wait at a semaphore before the pool", stampede.gated),
+        (f"requests queue in httpcore {stampede.httpcore}'s pool", stampede.pool_queued),
+    ):
+        lines.append(f"  {label}:")
+        for name, v in contenders.items():
+            errors = ", ".join(f"{kind} x{count}" for kind, count in v.errors.items())
+            first = f"first ok at {v.first_ok_s:.1f} s, " if v.first_ok_s is not None else ""
+            lines.append(
+                f"    {name}: {v.token_requests} token request(s), {v.ok}/{v.coroutines} ok"
+                f"{f' (failed: {errors})' if errors else ''}; {first}{v.seconds:.1f} s in all"
+                f"{'' if v.async_flow else '; sync flow only: its token request blocks the loop'}"
+            )
+    window = f"{loop.window_s[0]:.1f}-{loop.window_s[1]:.1f} s"
+    lines.append(
+        f"event-loop lag (1 ms ticker) while {loop.coroutines} coroutines send requests for"
+        f" {loop.seconds:g} s; refresh due at ~{loop.refresh_due_s:g} s, its token request"
+        f" takes {loop.token_delay_s * 1e3:.0f} ms (server in another process);"
+        f" window = {window}:"
+    )
+    for name, lag in loop.variants.items():
+        refreshed = (
+            f"new token from {lag.new_token_at_s:.2f} s"
+            if lag.new_token_at_s is not None
+            else "no refresh"
+        )
+        lines.append(
+            f"  {name}: p50 {lag.p50_ms:.2f} ms, p99 {lag.p99_ms:.2f} ms,"
+            f" max {lag.max_ms:.1f} ms at {lag.max_at_s:.2f} s;"
+            f" max in window {lag.window_max_ms:.1f} ms, outside {lag.outside_max_ms:.1f} ms"
+        )
+        lines.append(
+            f"    ({refreshed}; {lag.gen2_collections} full GC; {lag.ticks} ticks,"
+            f" {lag.requests} requests, {lag.failed} failed)"
+        )
+    lines.append(
+        f"  httpx.AsyncClient() with default TLS settings takes {loop.httpx_async_client_ms:.1f}"
+        " ms to build in this process (in the loop's thread, when a token request builds one)"
+    )
+    return lines
 
 
 if __name__ == "__main__":
