@@ -207,8 +207,8 @@ class LoopHealth:
     """The refresh window: from just before it is due to just after its token request."""
     httpx_async_client_ms: float
     """Median time to build an ``httpx.AsyncClient()`` (default TLS settings, which load
-    a CA bundle) in this process: work done in the event loop's thread when a token
-    request builds a client of its own."""
+    a CA bundle) in this process: how long the loop would stall if a token request built
+    its client in the loop's thread (requests-opsnow builds it in a worker thread)."""
     variants: dict[str, LoopLag]
 
 
@@ -1296,7 +1296,7 @@ def _httpx_report(r: BenchmarkReport) -> list[str]:
         )
     lines.append(
         f"  httpx.AsyncClient() with default TLS settings takes {loop.httpx_async_client_ms:.1f}"
-        " ms to build in this process (in the loop's thread, when a token request builds one)"
+        " ms to build in this process (requests-opsnow builds its token client in a worker thread)"
     )
     return lines
 
