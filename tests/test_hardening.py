@@ -16,6 +16,7 @@ import pickle
 import random
 import secrets
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -292,6 +293,11 @@ class QuickFetch:
 
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs POSIX interval timers")
+@pytest.mark.skipif(
+    sys.version_info < (3, 10),
+    reason="CPython 3.9 skips a `with lock:` block's release when a signal handler raises"
+    " at its very end (CPython issue 29988, fixed in 3.10): any lock can stay held there",
+)
 @pytest.mark.timeout(120, method="thread")
 def test_signals_at_random_moments_never_wedge_the_lifecycle() -> None:
     lifecycle = TokenLifecycle(f"stress-{secrets.token_hex(4)}", 300.0, None)
