@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,7 @@ from ._config import (
     base_url_for_region,
 )
 from ._token import Token
+from ._version import __version__
 from .auth import OpsNowAuth
 from .cache import MemoryTokenCache, TokenCache
 from .errors import (

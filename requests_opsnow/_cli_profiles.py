@@ -54,9 +54,9 @@ def run_configure(args: argparse.Namespace) -> int:
         api_key = api_key_of(profile)  # the command works now, or the error says why
     if not args.no_verify:
         _verify(profile, api_key or "", args.timeout)
-    path = save_profile(profile)
     if api_key is not None and source != "command":
-        store_key(profile, api_key)
+        store_key(profile, api_key)  # first: a keyring that refuses it leaves no profile
+    path = save_profile(profile)
     where = {
         "keyring": "in the OS keyring",
         "command": f"from: {args.api_key_command}",

@@ -61,7 +61,8 @@ class NoApiKeyError(ValueError):
 class Sources:
     """Where each setting comes from, first found wins: the argument, the environment
     (``OPSNOW_API_KEY``, ``OPSNOW_BASE_URL``, ``OPSNOW_TOKEN_CACHE``), the profile named
-    by ``profile=`` or ``OPSNOW_PROFILE``, the ``[default]`` profile.
+    by ``profile=`` or ``OPSNOW_PROFILE``, else the ``[default]`` profile (a named
+    profile takes nothing from ``[default]``).
 
     The config file is read only when a setting is still missing, or when a profile is
     named (a name that matches no profile is an error, even if nothing else is needed).
@@ -91,11 +92,21 @@ class Sources:
         if not key:
             key = self._profile_key()
         if not key:
-            raise NoApiKeyError(
+            raise NoApiKeyError(self._no_key_message())
+        return key
+
+    def _no_key_message(self) -> str:
+        profile = self.profile()
+        if profile is None:
+            return (
                 f"no OpsNow API key: pass api_key=, set {API_KEY_ENV}, or store one with"
                 " `opsnow configure`"
             )
-        return key
+        return (
+            f"no OpsNow API key: profile {profile.name!r} names no key source; pass"
+            f" api_key=, set {API_KEY_ENV}, or store one with"
+            f" `opsnow configure --profile {profile.name}`"
+        )
 
     def _profile_key(self) -> str:
         from ._profiles import api_key_of
@@ -210,7 +221,7 @@ def store_at(place: str) -> TokenCache:
 
 def _place_named_by(spec: str) -> str:
     """``file:/folder`` (the default folder resolved now) or a Redis URL; else ValueError."""
-    from ._hosts import safe_url
+    from ._hosts import safe_place
 
     if spec == "file":
         from .filecache import default_cache_dir
@@ -225,7 +236,7 @@ def _place_named_by(spec: str) -> str:
         return spec
     raise ValueError(
         f"{TOKEN_CACHE_ENV} must be memory, file, file:/folder or a redis:// or rediss://"
-        f" URL, got {safe_url(spec)!r}"
+        f" URL, got {safe_place(spec)!r}"
     )
 
 
@@ -243,18 +254,18 @@ def _redis_store(url: str) -> TokenCache:
 
         from .rediscache import RedisTokenCache
     except ImportError:
-        from ._hosts import safe_url
+        from ._hosts import safe_place
 
         raise ImportError(
-            f"{TOKEN_CACHE_ENV}={safe_url(url)} needs redis-py:"
+            f"{TOKEN_CACHE_ENV}={safe_place(url)} needs redis-py:"
             " pip install 'requests-opsnow[redis]'"
         ) from None
     try:
         client = redis.Redis.from_url(url)
     except ValueError:
-        from ._hosts import safe_url
+        from ._hosts import safe_place
 
         raise ValueError(
-            f"{TOKEN_CACHE_ENV} is not a usable Redis URL: {safe_url(url)!r}"
+            f"{TOKEN_CACHE_ENV} is not a usable Redis URL: {safe_place(url)!r}"
         ) from None
     return RedisTokenCache(client)

@@ -27,7 +27,14 @@ from ._config import (
     store_at,
 )
 from ._exchange import TokenEndpoint
-from ._hosts import Decision, check_secure_url, environment_proxy, host_policy, safe_url
+from ._hosts import (
+    Decision,
+    check_secure_url,
+    environment_proxy,
+    host_policy,
+    safe_place,
+    safe_url,
+)
 from ._lifecycle import TokenLifecycle, lifecycle_for
 from ._runtime import RuntimeState
 from .cache import TokenCache
@@ -120,6 +127,6 @@ def check_cleartext(
     if proxy is not None:
         raise OpsNowAuthError(
             f"refusing to send the OpsNow token over plain http to {safe_url(url)} through the"
-            f" proxy {safe_url(proxy)} (from the environment); add the host to NO_PROXY",
+            f" proxy {safe_place(proxy)} (from the environment); add the host to NO_PROXY",
             request=request,
         )

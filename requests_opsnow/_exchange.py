@@ -202,6 +202,17 @@ def declared_too_large(headers: Mapping[str, str]) -> bool:
     return declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES
 
 
+def body_kept_for_errors(status: int, body: bytes, api_key: str) -> bytes:
+    """What the response an error carries keeps of the body (errors get pickled into result
+    backends and error trackers): nothing of a 2xx, which may hold a token the server
+    issued; an error body with the key masked."""
+    if 200 <= status < 300:
+        return b""
+    for form in {api_key, json.dumps(api_key)[1:-1]}:  # as sent, and as a JSON string has it
+        body = body.replace(form.encode(), b"***")
+    return body
+
+
 def token_from_answer(answer: Answer, endpoint: TokenEndpoint, api_key: str) -> Token:
     """The token in a 2xx answer; otherwise the exception the answer calls for."""
     if 200 <= answer.status < 300:
@@ -243,7 +254,7 @@ def _json(body: bytes) -> Any:
 
 
 def _describe_failure(answer: Answer, api_key: str) -> str:
-    text = _masked(f"HTTP {answer.status} {answer.reason[:_MAX_MESSAGE]}", api_key).rstrip()
+    text = _masked(f"HTTP {answer.status} {answer.reason}", api_key)[:_MAX_MESSAGE].rstrip()
     payload = _json(answer.body)
     server_message = _server_error(payload, api_key) if payload is not _NOT_JSON else ""
     return f"{text}: {server_message}" if server_message else text
@@ -256,8 +267,10 @@ def _server_error(payload: Any, api_key: str) -> str:
 
 
 def _masked(text: str, api_key: str) -> str:
-    """``text`` from a server on one line (no forged log lines), with the key masked."""
-    return " ".join(text.split()).replace(api_key, "***")
+    """``text`` from a server on one line (no forged log lines), with the key masked: before
+    anything is cut, and in both forms, as sent and with its own whitespace collapsed."""
+    one_line = " ".join(text.replace(api_key, "***").split())
+    return one_line.replace(" ".join(api_key.split()), "***")
 
 
 def failure(

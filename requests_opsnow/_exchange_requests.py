@@ -22,6 +22,7 @@ from ._exchange import (
     TOKEN_REQUEST_HEADERS,
     Answer,
     TokenEndpoint,
+    body_kept_for_errors,
     declared_too_large,
     failure,
     limited,
@@ -140,7 +141,7 @@ def _attempt(
     )
     prepared = session.prepare_request(request)
     with _send(prepared, endpoint, session, settings, cancellation) as response:
-        return token_from_answer(_read(response, endpoint), endpoint, api_key)
+        return token_from_answer(_read(response, endpoint, api_key), endpoint, api_key)
 
 
 def _send(
@@ -178,7 +179,7 @@ def _send(
     return response
 
 
-def _read(response: requests.Response, endpoint: TokenEndpoint) -> Answer:
+def _read(response: requests.Response, endpoint: TokenEndpoint, api_key: str) -> Answer:
     """The answer, its body read in small steps and refused past the limit."""
     answer_from = f"token response from {endpoint.safe_url} (HTTP {response.status_code})"
     if declared_too_large(response.headers):
@@ -187,7 +188,8 @@ def _read(response: requests.Response, endpoint: TokenEndpoint) -> Answer:
         body = limited(_chunks(response, endpoint), answer_from)
     except TokenResponseError as error:
         raise _with_response(error, response) from None
-    response._content = body  # response.json() and .text use what was read
+    response._content = body_kept_for_errors(response.status_code, body, api_key)
+    response.reason = (response.reason or "").replace(api_key, "***")
     return Answer(response.status_code, reason_phrase(response), response.headers, body, response)
 
 

@@ -28,8 +28,26 @@ class Decision(enum.Enum):
 
 def safe_url(url: str) -> str:
     """``url`` without userinfo, query or fragment (they may carry secrets): fit for messages."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": a "[" in the host part
+        return "(a malformed URL)"
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def safe_place(url: str) -> str:
+    """A proxy or Redis URL fit for messages: its scheme and what follows the last ``@``.
+
+    Unlike :func:`safe_url`, it does not trust URL parsing to find the userinfo: a
+    password may hold ``/``, ``?`` or ``#``, and a mistyped URL (``redis:/:pw@host``)
+    has no netloc at all. These URLs have no ``@`` in their paths to lose.
+    """
+    _, at, after = url.rpartition("@")
+    if not at:
+        return safe_url(url)
+    scheme, colon, _ = url.partition(":")
+    is_scheme = colon and scheme[:1].isalpha() and scheme.isascii() and scheme.isalnum()
+    return safe_url(f"{scheme}://{after}" if is_scheme else after)
 
 
 def is_loopback(host: str) -> bool:

@@ -33,6 +33,7 @@ import os
 import shlex
 import stat
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -233,9 +234,27 @@ def _key_from_command(profile: Profile) -> str:
             f"profile {profile.name!r}: api_key_source = command needs an api_key_command"
         )
     where = f"profile {profile.name!r}: api_key_command"
+    done = _run_key_command(profile.api_key_command)
+    if isinstance(done, str):
+        raise ApiKeyUnavailableError(f"{where} {done}")
+    if done.returncode != 0:
+        raise ApiKeyUnavailableError(
+            f"{where} failed with exit status {done.returncode} (its output is not shown:"
+            " it may hold the key); run it by hand to see why"
+        )
+    output = done.stdout.decode("utf-8", "replace").strip()
+    if not output:
+        raise ApiKeyUnavailableError(f"{where} printed no key")
+    return output.splitlines()[0].strip()  # like `pass show`: the key, then other fields
+
+
+def _run_key_command(command: str) -> subprocess.CompletedProcess[bytes] | str:
+    """The finished command, or why it did not finish. Raised outside the ``except``: a
+    timeout's exception holds the output so far, which may be the key, and an exception
+    raised inside would keep it as its ``__context__``."""
     try:
-        argv = shlex.split(profile.api_key_command)
-        done = subprocess.run(  # noqa: S603 - the user's own command, without a shell
+        argv = shlex.split(command)
+        return subprocess.run(  # noqa: S603 - the user's own command, without a shell
             argv,
             capture_output=True,  # stderr too: a failing helper may print the key there
             stdin=subprocess.DEVNULL,
@@ -243,24 +262,11 @@ def _key_from_command(profile: Profile) -> str:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise ApiKeyUnavailableError(
-            f"{where} took longer than {API_KEY_COMMAND_TIMEOUT:g} s; it was stopped"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ApiKeyUnavailableError(
-            f"{where} could not be run ({type(exc).__name__}: {exc.strerror or 'bad command'})"
-            if isinstance(exc, OSError)
-            else f"{where} could not be parsed: {exc}"
-        ) from None
-    if done.returncode != 0:
-        raise ApiKeyUnavailableError(
-            f"{where} failed with exit status {done.returncode} (its output is not shown:"
-            " it may hold the key); run it by hand to see why"
-        )
-    key = done.stdout.decode("utf-8", "replace").strip()
-    if not key:
-        raise ApiKeyUnavailableError(f"{where} printed no key")
-    return key
+        return f"took longer than {API_KEY_COMMAND_TIMEOUT:g} s; it was stopped"
+    except OSError as exc:
+        return f"could not be run ({type(exc).__name__}: {exc.strerror or 'bad command'})"
+    except ValueError as exc:
+        return f"could not be parsed: {exc}"
 
 
 def _key_from_credentials(profile: Profile) -> str:
@@ -296,8 +302,9 @@ def _keyring_call(profile: Profile, method: str, *args: str) -> Any:
 def _write_private(path: Path, parser: configparser.ConfigParser) -> None:
     """Write atomically, 0600 from creation, in a folder of our own (0700)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # mkstemp: a new file (O_EXCL, 0600), never one someone left or linked there.
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = Path(name)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             parser.write(handle)
@@ -374,17 +381,27 @@ def _new_parser() -> configparser.ConfigParser:
 
 def _parse(path: Path) -> configparser.ConfigParser:
     parser = _new_parser()
+    problem = _read_into(parser, path)
+    if problem is not None:
+        raise ValueError(f"cannot read {path}: {problem}")
+    return parser
+
+
+def _read_into(parser: configparser.ConfigParser, path: Path) -> str | None:
+    """None once ``path`` is read; otherwise what is wrong with it. Raised outside the
+    ``except``: a parse error quotes the line, which may hold a key, and an exception
+    raised inside would keep it as its ``__context__``."""
     try:
         info = path.stat()
         if path.name == "credentials" and stat.S_IMODE(info.st_mode) & 0o077:
-            raise ValueError(f"{path} holds keys and others may read it: chmod 600 {path}")
+            return f"it holds keys and others may read it: chmod 600 {path}"
         with path.open(encoding="utf-8") as handle:
             parser.read_file(handle)
     except configparser.Error as exc:
-        raise ValueError(f"cannot read {path}: {type(exc).__name__} at line {_line(exc)}") from None
+        return f"{type(exc).__name__} at line {_line(exc)}"
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {type(exc).__name__}") from None
-    return parser
+        return type(exc).__name__
+    return None
 
 
 def _line(error: configparser.Error) -> object:

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import requests
 
-from . import __version__
 from ._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -31,6 +30,7 @@ from ._config import (
     Sources,
     base_url_for_region,
 )
+from ._version import __version__
 from .errors import OpsNowAuthError
 
 if TYPE_CHECKING:
@@ -282,7 +282,7 @@ def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
     parser.add_argument(
         "--base-url",
         default=default(None),
-        help=f"API base URL (default: ${BASE_URL_ENV}, else global)",
+        help=f"API base URL (default: ${BASE_URL_ENV}, else the profile's, else global)",
     )
     parser.add_argument(
         "--region",

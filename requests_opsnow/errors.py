@@ -7,6 +7,9 @@ derives from :class:`requests.RequestException`, so an existing
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import requests
 
 __all__ = [
@@ -69,6 +72,44 @@ class OpsNowAPIError(OpsNowAuthError, requests.HTTPError):
         super().__init__(text, response=response)
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A pickle leaves the process (a result backend, an error tracker, a process pool):
+        # it keeps the failed response, but not the token its requests were sent with.
+        # Built without __init__, whose arguments are keyword-only.
+        state = dict(vars(self))
+        if self.response is not None:
+            state["response"] = _without_authorization(self.response)
+        state["request"] = (
+            state["response"].request
+            if self.response is not None and self.request is self.response.request
+            else _request_without_authorization(self.request)
+        )
+        return _rebuilt_api_error, (type(self), self.args, state)
+
+
+def _rebuilt_api_error(
+    kind: type[OpsNowAPIError], args: tuple[Any, ...], state: dict[str, Any]
+) -> OpsNowAPIError:
+    error = kind.__new__(kind)
+    error.args = args
+    vars(error).update(state)
+    return error
+
+
+def _without_authorization(response: requests.Response) -> requests.Response:
+    clone = copy.copy(response)
+    clone.request = _request_without_authorization(response.request)
+    clone.history = [_without_authorization(earlier) for earlier in response.history]
+    return clone
+
+
+def _request_without_authorization(request: Any) -> Any:
+    if not isinstance(request, requests.PreparedRequest) or "Authorization" not in request.headers:
+        return request
+    clone = request.copy()
+    clone.headers["Authorization"] = "[redacted]"
+    return clone
 
 
 class ReplaySkippedWarning(UserWarning):

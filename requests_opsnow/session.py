@@ -48,11 +48,12 @@ from requests_toolbelt.utils.user_agent import user_agent
 from urllib3.exceptions import InvalidHeader, MaxRetryError, ReadTimeoutError, ResponseError
 from urllib3.util.retry import Retry
 
-from . import __version__, _clock
+from . import _clock
 from ._config import API_TIMEOUT, resolve_base_url
 from ._error_body import read_error_body, reason_phrase
-from ._hosts import safe_url
+from ._hosts import safe_place, safe_url
 from ._replay import unreplayable_body
+from ._version import __version__
 from .auth import OpsNowAuth
 from .errors import OpsNowAPIError, OpsNowAuthError
 
@@ -340,11 +341,13 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
             proxies = resolve_proxies(request, self.proxies, self.trust_env)
         proxy = select_proxy(url, dict(proxies))
         if proxy:
+            unsent = request.copy()  # the error carries the request, not the token it refused
+            del unsent.headers["Authorization"]
             raise OpsNowAuthError(
                 f"refusing to send the OpsNow token over plain http to {safe_url(url)} through"
-                f" the proxy {safe_url(proxy)}; keep loopback hosts off the proxy (NO_PROXY),"
+                f" the proxy {safe_place(proxy)}; keep loopback hosts off the proxy (NO_PROXY),"
                 " or use https",
-                request=request,
+                request=unsent,
             )
 
     def close(self) -> None:

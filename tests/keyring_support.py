@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jaraco.classes import properties
 from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
+from keyring.errors import KeyringError, PasswordDeleteError
 
 
 class MemoryKeyring(KeyringBackend):
@@ -68,3 +68,10 @@ class FileKeyring(MemoryKeyring):
     def delete_password(self, service: str, username: str) -> None:
         super().delete_password(service, username)
         self._save()
+
+
+class LockedKeyring(FileKeyring):
+    """A keyring that refuses to store anything, as a locked one does."""
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise KeyringError("the keyring is locked")

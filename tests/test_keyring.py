@@ -127,3 +127,21 @@ def test_configure_without_a_keyring_backend_says_so_and_writes_nothing(
     assert "--api-key-command" in result.stderr
     assert "--insecure-storage" in result.stderr
     assert not config_home.exists()
+
+
+def test_configure_with_a_keyring_that_refuses_the_key_exits_3_and_saves_no_profile(
+    fake: FakeOpsNow, cli: Cli, cli_keyring: dict[str, str], config_home: Path
+) -> None:
+    environment = {
+        **cli.env,
+        **cli_keyring,
+        "PYTHON_KEYRING_BACKEND": "tests.keyring_support.LockedKeyring",
+    }
+    environment.pop("OPSNOW_API_KEY")
+    code, transcript = run_configure_in_a_terminal(
+        ["--base-url", fake.base_url, "configure", "--no-verify"], environment, fake.api_key
+    )
+    assert code == 3, transcript
+    assert "the OS keyring failed" in transcript
+    assert fake.api_key not in transcript
+    assert not config_home.exists()  # no profile that points at a key that is not there

@@ -126,6 +126,26 @@ def test_base_url_argument_beats_environment_beats_profile_region(
     )
 
 
+def test_a_named_profile_takes_nothing_from_default(
+    fake: FakeOpsNow, config_home: Path, tmp_path: Path
+) -> None:
+    write_config(
+        config_home,
+        f"[default]\nregion = kr\ntoken_cache = file:{tmp_path / 'default-tokens'}\n"
+        "api_key_source = plaintext\n\n"
+        f"[bare]\nbase_url = {fake.base_url}\n",
+    )
+    write_credentials(config_home, {"default": fake.api_key})
+    assert OpsNowAuth("k", profile="bare").base_url == fake.base_url
+    with pytest.raises(ValueError, match="profile 'bare' names no key source") as caught:
+        OpsNowAuth(profile="bare")  # the default profile's key is not borrowed
+    assert "opsnow configure --profile bare" in str(caught.value)
+    assert fake.api_key not in str(caught.value)
+    OpsNowAuth(fake.api_key, profile="bare").get_token()
+    assert not (tmp_path / "default-tokens").exists()  # nor its token cache
+    assert OpsNowAuth("k").base_url == "https://api.kr.opsnow360.io"
+
+
 def test_each_new_auth_reads_the_config_file_as_it_is_now(
     config_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -246,7 +266,7 @@ def test_an_api_key_command_gives_the_key(
     [
         ("sys.stderr.write('oops: SECRET-IN-STDERR'); sys.exit(3)", "exit status 3"),
         ("pass", "printed no key"),
-        ("time.sleep(30)", "longer than 0.5 s"),
+        ("print('SECRET-IN-STDOUT', flush=True); time.sleep(30)", "longer than 0.5 s"),
     ],
     ids=["exit-status", "no-output", "timeout"],
 )
@@ -259,6 +279,19 @@ def test_a_failing_api_key_command_names_the_profile_and_never_echoes(
         OpsNowAuth(profile="ops")
     assert "'ops'" in str(caught.value)
     assert "SECRET-IN-STDERR" not in str(caught.value)
+    assert caught.value.__context__ is None  # a timeout's exception holds the output so far
+    assert caught.value.__cause__ is None
+
+
+def test_an_api_key_command_s_first_line_is_the_key(
+    fake: FakeOpsNow, config_home: Path, tmp_path: Path
+) -> None:
+    # As `pass show` prints an entry: the password, then other fields.
+    helper = script(tmp_path, f"print({fake.api_key!r}); print('url: https://app.opsnow360.io')")
+    write_config(
+        config_home, f"[default]\nbase_url = {fake.base_url}\napi_key_command = {helper}\n"
+    )
+    assert OpsNowAuth().get_token() == fake.issued_tokens[0]
 
 
 def test_a_plaintext_credentials_file_must_be_private(config_home: Path) -> None:
@@ -269,6 +302,14 @@ def test_a_plaintext_credentials_file_must_be_private(config_home: Path) -> None
     with pytest.raises(ValueError, match="chmod 600") as caught:
         OpsNowAuth()
     assert "plaintext-key" not in str(caught.value)
+    credentials.write_text("api_key = plaintext-key\n")  # no section: the parser quotes it
+    credentials.chmod(0o600)
+    with pytest.raises(ValueError, match="MissingSectionHeaderError at line 1") as caught:
+        OpsNowAuth()
+    assert "plaintext-key" not in str(caught.value)
+    assert caught.value.__context__ is None
+    assert caught.value.__cause__ is None
+    credentials.write_text("[default]\napi_key = plaintext-key\n")
     credentials.chmod(0o600)
     assert OpsNowAuth(base_url="https://api.opsnow360.io")._api_key == "plaintext-key"
 

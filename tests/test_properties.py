@@ -26,7 +26,7 @@ from requests_opsnow import (
 )
 from requests_opsnow._error_body import read_error_body
 from requests_opsnow._exchange import _retry_after
-from requests_opsnow._hosts import Decision, host_policy
+from requests_opsnow._hosts import Decision, host_policy, safe_place
 from requests_opsnow._lifecycle import Cancellation
 from requests_opsnow._token import (
     MAX_LIFETIME,
@@ -222,3 +222,16 @@ def test_any_allowed_hosts_entry_is_accepted_or_a_value_error(entry: str) -> Non
 def test_any_url_gets_a_decision(url: str) -> None:
     policy = host_policy(("https://api.opsnow360.io",), ("*.example.com:8443",))
     assert isinstance(policy.decide(url), Decision)
+
+
+@given(
+    st.sampled_from(["redis://", "rediss://", "redis:/", "redis:", "redis//", "http://", ""]),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+    st.sampled_from(["cache:6379/0", "proxy.corp:3128", "h"]),
+)
+def test_a_proxy_or_redis_url_in_a_message_never_shows_its_password(
+    start: str, password: str, rest: str
+) -> None:
+    secret = "S3CR" + password  # a password may hold "/", "?", "#", "@"
+    for url in (f"{start}:{secret}@{rest}", f"{start}user:{secret}@{rest}"):
+        assert "S3CR" not in safe_place(url)

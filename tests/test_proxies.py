@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -175,8 +176,9 @@ def test_an_opsnow_session_never_sends_its_token_through_its_own_plain_http_prox
 ) -> None:
     with (
         OpsNowSession(fake.api_key, base_url=fake.base_url, proxies={"http": proxy.url}) as session,
-        pytest.raises(OpsNowAuthError, match="proxy"),
+        pytest.raises(OpsNowAuthError, match="proxy") as caught,
     ):
         session.get(COMPANIES)
     assert proxy.requests == []
     assert fake.token_requests == 1  # the token request itself went direct
+    assert fake.issued_tokens[0].encode() not in pickle.dumps(caught.value)  # nor in the error

@@ -354,6 +354,30 @@ def test_raise_for_status_raises_opsnow_api_error_with_the_servers_code_and_mess
     assert fake.issued_tokens[0] not in str(error)
 
 
+def test_an_api_error_pickles_with_its_response_but_without_the_token(
+    fake: FakeOpsNow, make_session: MakeSession
+) -> None:
+    s = make_session()
+    s.get(COMPANIES)
+    fake.revoke_tokens()  # the error's response has a history: a 401 to the first token
+    response = s.get("/platform/v2/nope")
+    with pytest.raises(OpsNowAPIError) as caught:
+        response.raise_for_status()
+    pickled = pickle.dumps(caught.value)  # a result backend, an error tracker, a process pool
+    for token in fake.issued_tokens:
+        assert token.encode() not in pickled
+    restored = pickle.loads(pickled)
+    assert type(restored) is OpsNowAPIError
+    assert (str(restored), restored.code, restored.message) == (str(caught.value), 404, "Not found")
+    assert restored.response.status_code == 404
+    assert restored.response.json() == response.json()
+    assert restored.request.url == response.request.url
+    assert [r.status_code for r in restored.response.history] == [401]
+    assert restored.request.headers["Authorization"] == "[redacted]"
+    # The caller's own objects still show what was sent.
+    assert caught.value.request.headers["Authorization"] == f"Bearer {fake.issued_tokens[1]}"
+
+
 def test_raise_for_status_is_silent_on_success(make_session: MakeSession) -> None:
     response = make_session().get(COMPANIES)
     assert response.raise_for_status() is None

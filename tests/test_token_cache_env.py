@@ -80,6 +80,8 @@ def test_eight_legacy_processes_sharing_a_file_cache_make_one_token_request(
         ("disk", "'disk'"),
         ("file:relative/folder", "absolute"),
         ("memcached://user:s3cret-pass@cache:11211", "memcached://cache:11211"),
+        ("redis:/:s3cret-pass@cache:6379", "redis://cache:6379"),  # a typo: no netloc
+        ("redis//:s3cret-pass@cache:6379", "'cache:6379'"),
         ("redis", "'redis'"),
     ],
 )

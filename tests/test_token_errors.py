@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import pickle
 import socket
 import time
 from collections.abc import Iterator
@@ -63,6 +64,9 @@ def check_error(exc: BaseException, url: str, secrets: list[str]) -> str:
             assert secret
             assert secret not in str(error)
             assert secret not in repr(error)
+    pickled = pickle.dumps(exc)  # what a result backend or an error tracker would keep
+    for secret in secrets:
+        assert secret.encode() not in pickled
     return message
 
 
@@ -316,6 +320,30 @@ def test_server_message_echoing_the_key_is_masked(
 
     message = check_error(info.value, fake.token_url, secrets_of(fake))
     assert "is not allowed here" in message
+
+
+def test_a_key_with_inner_whitespace_is_masked_too(
+    fake: FakeOpsNow, make_auth: MakeAuth, clock: Any
+) -> None:
+    key = "first-line-of-the-key\nurl: https://vault.example\tuser: ops"
+    fake.fail_token_requests(401, body=fail_body(f"unknown key {key}", 401))
+    with pytest.raises(InvalidApiKeyError) as info:
+        requests.get(
+            companies_url(fake.base_url),
+            auth=make_auth(api_key=key, max_retries=0),
+            timeout=TIMEOUT,
+        )
+    message = check_error(info.value, fake.token_url, [key, "first-line-of-the-key"])
+    assert "unknown key ***" in message
+
+
+def test_a_key_at_the_end_of_a_long_reason_phrase_is_masked_before_it_is_cut(
+    fake: FakeOpsNow, make_auth: MakeAuth, clock: Any
+) -> None:
+    fake.fail_token_requests(401, body=b"", reason="x" * 190 + fake.api_key)
+    with pytest.raises(InvalidApiKeyError) as info:
+        requests.get(companies_url(fake.base_url), auth=make_auth(max_retries=0), timeout=TIMEOUT)
+    check_error(info.value, fake.token_url, [fake.api_key, fake.api_key[:10]])
 
 
 # -- a 2xx without a usable token ---------------------------------------------------------------
