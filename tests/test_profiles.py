@@ -250,15 +250,24 @@ def script(tmp_path: Path, body: str) -> str:
     return str(path)
 
 
-def test_an_api_key_command_gives_the_key(
-    fake: FakeOpsNow, config_home: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    "more_output",
+    ["", "print('url: https://app.opsnow360.io')"],  # as `pass show` prints other fields
+    ids=["the-key", "the-key-then-other-lines"],
+)
+def test_an_api_key_command_s_first_line_is_the_key(
+    fake: FakeOpsNow, config_home: Path, tmp_path: Path, more_output: str
 ) -> None:
-    helper = script(tmp_path, f"print({fake.api_key!r})")
+    runs = tmp_path / "runs"
+    helper = script(
+        tmp_path, f"open({str(runs)!r}, 'a').write('run'); print({fake.api_key!r}); {more_output}"
+    )
     write_config(
         config_home, f"[default]\nbase_url = {fake.base_url}\napi_key_command = {helper}\n"
     )
     assert OpsNowAuth().get_token() == fake.issued_tokens[0]
-    OpsNowAuth().get_token()  # the command ran once: the key is remembered per process
+    OpsNowAuth().get_token()
+    assert runs.read_text() == "run"  # once: the key is remembered for the process
 
 
 @pytest.mark.parametrize(
@@ -281,17 +290,6 @@ def test_a_failing_api_key_command_names_the_profile_and_never_echoes(
     assert "SECRET-IN-STDERR" not in str(caught.value)
     assert caught.value.__context__ is None  # a timeout's exception holds the output so far
     assert caught.value.__cause__ is None
-
-
-def test_an_api_key_command_s_first_line_is_the_key(
-    fake: FakeOpsNow, config_home: Path, tmp_path: Path
-) -> None:
-    # As `pass show` prints an entry: the password, then other fields.
-    helper = script(tmp_path, f"print({fake.api_key!r}); print('url: https://app.opsnow360.io')")
-    write_config(
-        config_home, f"[default]\nbase_url = {fake.base_url}\napi_key_command = {helper}\n"
-    )
-    assert OpsNowAuth().get_token() == fake.issued_tokens[0]
 
 
 def test_a_plaintext_credentials_file_must_be_private(config_home: Path) -> None:
