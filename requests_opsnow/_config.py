@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ._hosts import safe_place
 from ._runtime import RuntimeState
 
 if TYPE_CHECKING:
@@ -221,8 +222,6 @@ def store_at(place: str) -> TokenCache:
 
 def _place_named_by(spec: str) -> str:
     """``file:/folder`` (the default folder resolved now) or a Redis URL; else ValueError."""
-    from ._hosts import safe_place
-
     if spec == "file":
         from .filecache import default_cache_dir
 
@@ -254,8 +253,6 @@ def _redis_store(url: str) -> TokenCache:
 
         from .rediscache import RedisTokenCache
     except ImportError:
-        from ._hosts import safe_place
-
         raise ImportError(
             f"{TOKEN_CACHE_ENV}={safe_place(url)} needs redis-py:"
             " pip install 'requests-opsnow[redis]'"
@@ -263,8 +260,6 @@ def _redis_store(url: str) -> TokenCache:
     try:
         client = redis.Redis.from_url(url)
     except ValueError:
-        from ._hosts import safe_place
-
         raise ValueError(
             f"{TOKEN_CACHE_ENV} is not a usable Redis URL: {safe_place(url)!r}"
         ) from None

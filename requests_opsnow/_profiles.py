@@ -17,7 +17,7 @@ The file never holds a key. A profile's key comes from its source:
 
 - ``keyring``: the OS keyring (the ``keyring`` library, the ``keyring``
   extra), service :data:`KEYRING_SERVICE`, the profile's name as the user;
-- ``command``: the standard output of ``api_key_command`` (Vault, 1Password,
+- ``command``: the first line of ``api_key_command``'s output (Vault, 1Password,
   ``pass``...), run without a shell, with a timeout, its stderr not echoed;
 - ``plaintext``: ``credentials`` beside ``config``, created 0600, only when
   the user asked for it (``opsnow configure --insecure-storage``).
@@ -350,7 +350,7 @@ class _Files(RuntimeState):
         with self._lock:
             parsed = self._parsed.get(path)
         if parsed is None or parsed.version != version:
-            parser = _parse(path)
+            parser = _parse(path, info.st_mode)
             parsed = _Parsed(version, parser, _profiles_in(parser))
             with self._lock:
                 self._parsed[path] = parsed
@@ -379,22 +379,21 @@ def _new_parser() -> configparser.ConfigParser:
     return configparser.ConfigParser(interpolation=None, default_section="__none__")
 
 
-def _parse(path: Path) -> configparser.ConfigParser:
+def _parse(path: Path, mode: int) -> configparser.ConfigParser:
     parser = _new_parser()
-    problem = _read_into(parser, path)
+    problem = _read_into(parser, path, mode)
     if problem is not None:
         raise ValueError(f"cannot read {path}: {problem}")
     return parser
 
 
-def _read_into(parser: configparser.ConfigParser, path: Path) -> str | None:
-    """None once ``path`` is read; otherwise what is wrong with it. Raised outside the
-    ``except``: a parse error quotes the line, which may hold a key, and an exception
-    raised inside would keep it as its ``__context__``."""
+def _read_into(parser: configparser.ConfigParser, path: Path, mode: int) -> str | None:
+    """None once ``path`` (whose ``st_mode`` is ``mode``) is read; otherwise what is wrong
+    with it. Raised outside the ``except``: a parse error quotes the line, which may hold
+    a key, and an exception raised inside would keep it as its ``__context__``."""
+    if path.name == "credentials" and stat.S_IMODE(mode) & 0o077:
+        return f"it holds keys and others may read it: chmod 600 {path}"
     try:
-        info = path.stat()
-        if path.name == "credentials" and stat.S_IMODE(info.st_mode) & 0o077:
-            return f"it holds keys and others may read it: chmod 600 {path}"
         with path.open(encoding="utf-8") as handle:
             parser.read_file(handle)
     except configparser.Error as exc:

@@ -377,8 +377,8 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     configure.add_argument(
         "--api-key-command", metavar="COMMAND",
-        help="read the key from this command's output (Vault, 1Password, pass...), run"
-        " without a shell each time it is needed",
+        help="read the key from the first line of this command's output (Vault, 1Password,"
+        " pass...), run without a shell, once per process that needs it",
     )  # fmt: skip
     configure.add_argument(
         "--insecure-storage", action="store_true",

@@ -7,6 +7,10 @@ same settings as the API requests, and a TLS failure is not retried.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+
+import httpx
 import pytest
 import requests
 
@@ -74,3 +78,54 @@ def test_without_the_ca_one_attempt_and_an_error_naming_the_fix(
     assert tls_fake.accepted_connections == 1  # a TLS failure is not retried
     assert clock.sleeps == []
     assert tls_fake.token_requests == 0  # the key never left the client
+
+
+# -- the httpx auth: the same corporate CA, given with httpx's names -------------------------
+
+
+@pytest.mark.parametrize("given", ["path", "context"])
+def test_the_httpx_auth_trusts_a_ca_given_as_a_path_or_a_context(
+    tls_fake: FakeOpsNow, ca_file: str, given: str
+) -> None:
+    from requests_opsnow.httpx import OpsNowAuth as HttpxAuth
+
+    verify = ca_file if given == "path" else ssl.create_default_context(cafile=ca_file)
+    auth = HttpxAuth(tls_fake.api_key, base_url=tls_fake.base_url, verify=verify)
+    with httpx.Client(auth=auth, verify=ssl.create_default_context(cafile=ca_file)) as client:
+        assert client.get(tls_fake.base_url + COMPANIES, timeout=10).status_code == 200
+    assert tls_fake.token_requests == 1
+
+
+def test_the_async_httpx_auth_trusts_a_ca_given_as_a_path(
+    tls_fake: FakeOpsNow, ca_file: str
+) -> None:
+    from requests_opsnow.httpx import OpsNowAuth as HttpxAuth
+
+    auth = HttpxAuth(tls_fake.api_key, base_url=tls_fake.base_url, verify=ca_file)
+
+    async def call() -> int:
+        context = ssl.create_default_context(cafile=ca_file)
+        async with httpx.AsyncClient(auth=auth, verify=context) as client:
+            response = await client.get(tls_fake.base_url + COMPANIES, timeout=10)
+            return response.status_code
+
+    assert asyncio.run(call()) == 200
+    assert tls_fake.token_requests == 1
+
+
+def test_the_httpx_auth_without_the_ca_makes_one_attempt_and_names_its_fixes(
+    tls_fake: FakeOpsNow, clock: FakeClock
+) -> None:
+    from requests_opsnow.httpx import OpsNowAuth as HttpxAuth
+
+    auth = HttpxAuth(tls_fake.api_key, base_url=tls_fake.base_url, max_retries=3)
+    with pytest.raises(TokenRequestError) as caught:
+        auth.get_token()
+    message = str(caught.value)
+    assert "certificate verify failed" in message
+    assert "requests_opsnow.httpx" in message
+    assert "SSL_CERT_FILE" in message
+    assert tls_fake.api_key not in message
+    assert tls_fake.accepted_connections == 1  # not retried
+    assert clock.sleeps == []
+    assert tls_fake.token_requests == 0
