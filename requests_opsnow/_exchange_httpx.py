@@ -8,6 +8,7 @@ network read whole: a compressed bomb must stop after one small step.
 
 from __future__ import annotations
 
+import os
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -76,7 +77,7 @@ class ClientSettings:
             "timeout": httpx.Timeout(read, connect=connect),
             "follow_redirects": False,  # never carry the key to wherever a redirect points
             "trust_env": self.trust_env,
-            "verify": self._verify(),
+            "verify": self._verify(endpoint),
         }
         if self.proxy is not None:
             options["proxy"] = self.proxy
@@ -85,8 +86,22 @@ class ClientSettings:
             options.pop("proxy", None)
         return options
 
-    def _verify(self) -> bool | ssl.SSLContext:
-        """What httpx takes: a bool or a context (it no longer wants paths or ``cert=``)."""
+    def _verify(self, endpoint: TokenEndpoint) -> bool | ssl.SSLContext:
+        """What httpx takes: a bool or a context (it no longer wants paths or ``cert=``).
+
+        A CA or certificate file that cannot be loaded is a :class:`TokenRequestError`,
+        as requests reports it when it sends: the settings are only read then.
+        """
+        try:
+            return self._context()
+        except OSError as exc:  # ssl.SSLError too
+            raise TokenRequestError(
+                f"token request to {endpoint.safe_url}: the TLS files given (verify=, cert=)"
+                f" cannot be used: {type(exc).__name__}"
+                + (f" ({exc.strerror})" if exc.strerror else "")
+            ) from exc
+
+    def _context(self) -> bool | ssl.SSLContext:
         if isinstance(self.verify, ssl.SSLContext):
             return self.verify
         if not isinstance(self.verify, str) and self.cert is None:
@@ -95,23 +110,16 @@ class ClientSettings:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        elif isinstance(self.verify, str) and os.path.isdir(self.verify):
+            context = ssl.create_default_context(capath=self.verify)
         elif isinstance(self.verify, str):
-            context = ssl.create_default_context(
-                cafile=None if _is_folder(self.verify) else self.verify,
-                capath=self.verify if _is_folder(self.verify) else None,
-            )
+            context = ssl.create_default_context(cafile=self.verify)
         else:
             context = ssl.create_default_context()
         if self.cert is not None:
             certfile, keyfile = self.cert if isinstance(self.cert, tuple) else (self.cert, None)
             context.load_cert_chain(certfile, keyfile)
         return context
-
-
-def _is_folder(path: str) -> bool:
-    import os
-
-    return os.path.isdir(path)
 
 
 def fetch_token(
@@ -180,8 +188,6 @@ async def _attempt_async(
     try:
         response.request = redacted
         collected = collector(_answer_from(response, endpoint))
-        if declared_too_large(response.headers):
-            raise too_large(_answer_from(response, endpoint))
         decompress = _decompressor(response)
         async for raw in _raw_async(response, endpoint):
             for chunk in decompress(raw):
@@ -248,6 +254,8 @@ def _raw(response: httpx.Response, endpoint: TokenEndpoint) -> Iterator[bytes]:
 
 
 async def _raw_async(response: httpx.Response, endpoint: TokenEndpoint) -> AsyncIterator[bytes]:
+    if declared_too_large(response.headers):
+        raise too_large(_answer_from(response, endpoint))
     try:
         async for chunk in response.aiter_raw(READ_STEP):
             yield chunk

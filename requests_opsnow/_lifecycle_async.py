@@ -191,7 +191,11 @@ async def _fly(lifecycle: TokenLifecycle, flight: _Flight, fetch: AsyncFetch) ->
             log.warning(
                 "early OpsNow token refresh failed (%s); still using the current token", exc
             )
-    except BaseException:  # cancelled with its loop, or a bug: waiters start a new flight
+    except Exception as exc:  # noqa: BLE001 - a bug, or a client's own error
+        # This task has nobody to raise to: its waiters raise it, each a copy. Landing it
+        # as an interruption would make them start flight after flight, each failing alike.
+        error = exc
+    except BaseException:  # cancelled with its loop: waiters start a new flight
         error = _INTERRUPTED
         raise
     finally:

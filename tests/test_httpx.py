@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import anyio
 import httpx
@@ -171,6 +172,72 @@ async def test_a_coroutine_waiting_on_a_thread_s_fetch_is_woken_when_it_lands(
                 await anyio.sleep(0.01)
     assert tokens == [fake.issued_tokens[0]] * 2
     assert fake.token_requests == 1
+
+
+def test_a_ca_file_that_cannot_be_loaded_is_a_token_request_error(
+    fake: FakeOpsNow, tmp_path: Path
+) -> None:
+    auth = auth_for(fake, verify=str(tmp_path / "missing-ca.pem"))
+    with (
+        httpx.Client(auth=auth, timeout=10) as client,
+        pytest.raises(TokenRequestError, match=r"TLS files given .* FileNotFoundError"),
+    ):
+        client.get(fake.base_url + COMPANIES)
+    assert fake.token_requests == 0
+    assert fake.api_requests == []
+
+
+@pytest.mark.anyio
+async def test_coroutines_get_the_error_of_a_fetch_that_cannot_start_once_each(
+    fake: FakeOpsNow, tmp_path: Path
+) -> None:
+    # The async fetch builds its client in a task nobody awaits: its waiters must
+    # get the error, not start one failing flight after another.
+    auth = auth_for(fake, verify=str(tmp_path / "missing-ca.pem"))
+    errors: list[BaseException] = []
+
+    async def one() -> None:
+        try:
+            await auth.aget_token()
+        except TokenRequestError as error:
+            errors.append(error)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(one)
+    assert len(errors) == 5
+    assert all("FileNotFoundError" in str(error) for error in errors)
+    assert fake.token_requests == 0
+
+
+@pytest.mark.anyio
+async def test_a_bug_in_an_async_fetch_reaches_every_waiter_from_one_flight(
+    fake: FakeOpsNow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    async def broken_fetch(*args: object) -> requests_opsnow.Token:
+        calls.append(1)
+        await anyio.sleep(0.05)  # the others arrive and wait for this flight
+        raise RuntimeError("a bug in the fetch")
+
+    monkeypatch.setattr(requests_opsnow.httpx, "fetch_token_async", broken_fetch)
+    auth = auth_for(fake)
+    errors: list[BaseException] = []
+
+    async def one() -> None:
+        try:
+            await auth.aget_token()
+        except RuntimeError as error:
+            errors.append(error)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(one)
+    assert [str(error) for error in errors] == ["a bug in the fetch"] * 5
+    assert calls == [1]
 
 
 @pytest.mark.anyio
