@@ -293,6 +293,16 @@ def failure(
     return TokenRequestError(f"token request to {endpoint.safe_url} failed: {type(error).__name__}")
 
 
+def unusable_tls_files(endpoint: TokenEndpoint, error: OSError, fixes: str) -> TokenRequestError:
+    """The CA bundle or client certificate given cannot be loaded: a TLS error, so not
+    retried (a missing file does not appear in a second)."""
+    detail = error.strerror or str(error) or "unreadable"
+    return TokenRequestError(
+        f"TLS error on the token request to {endpoint.safe_url}: the CA bundle or client"
+        f" certificate given cannot be used ({type(error).__name__}: {detail}); {fixes}"
+    )
+
+
 def _caused_by_tls(error: BaseException) -> bool:
     """Whether ``error`` comes from a TLS failure, however many wrappers the client added."""
     seen: set[int] = set()

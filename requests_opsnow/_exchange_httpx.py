@@ -31,6 +31,7 @@ from ._exchange import (
     token_from_answer,
     token_request_json,
     too_large,
+    unusable_tls_files,
 )
 from ._lifecycle import Cancellation
 from ._token import Token
@@ -90,16 +91,12 @@ class ClientSettings:
         """What httpx takes: a bool or a context (it no longer wants paths or ``cert=``).
 
         A CA or certificate file that cannot be loaded is a :class:`TokenRequestError`,
-        as requests reports it when it sends: the settings are only read then.
+        as for requests, which reads them when it sends.
         """
         try:
             return self._context()
         except OSError as exc:  # ssl.SSLError too
-            raise TokenRequestError(
-                f"token request to {endpoint.safe_url}: the TLS files given (verify=, cert=)"
-                f" cannot be used: {type(exc).__name__}"
-                + (f" ({exc.strerror})" if exc.strerror else "")
-            ) from exc
+            raise unusable_tls_files(endpoint, exc, TLS_FIXES) from exc
 
     def _context(self) -> bool | ssl.SSLContext:
         if isinstance(self.verify, ssl.SSLContext):

@@ -30,6 +30,7 @@ from ._exchange import (
     token_from_answer,
     token_request_json,
     too_large,
+    unusable_tls_files,
 )
 from ._lifecycle import Cancellation
 from ._token import Token
@@ -168,6 +169,8 @@ def _send(
     except Exception as exc:
         if isinstance(exc, requests.RequestException):
             exc.request = redacted
+        elif isinstance(exc, OSError):  # requests' check of verify= and cert= paths
+            raise unusable_tls_files(endpoint, exc, TLS_FIXES) from exc
         raise failure(
             endpoint,
             exc,

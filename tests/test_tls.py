@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from pathlib import Path
 
 import httpx
 import pytest
@@ -78,6 +79,21 @@ def test_without_the_ca_one_attempt_and_an_error_naming_the_fix(
     assert tls_fake.accepted_connections == 1  # a TLS failure is not retried
     assert clock.sleeps == []
     assert tls_fake.token_requests == 0  # the key never left the client
+
+
+def test_a_ca_bundle_that_cannot_be_loaded_is_one_error_naming_the_fix(
+    tls_fake: FakeOpsNow, clock: FakeClock, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "corp-ca.pem")
+    auth = OpsNowAuth(tls_fake.api_key, base_url=tls_fake.base_url, verify=missing)
+    with pytest.raises(TokenRequestError) as caught:
+        auth.get_token()
+    message = str(caught.value)
+    assert "the CA bundle or client certificate given cannot be used" in message
+    assert "invalid path" in message  # requests' own words
+    assert "OpsNowAuth(verify=" in message
+    assert clock.sleeps == []  # not retried: a missing file does not appear in a second
+    assert tls_fake.accepted_connections == 0
 
 
 # -- the httpx auth: the same corporate CA, given with httpx's names -------------------------
