@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -65,15 +66,29 @@ def test_requests_ca_bundle_is_honoured_by_token_requests(
     assert tls_fake.token_requests == 1
 
 
+def httpx_auth(*args: Any, **options: Any) -> Any:
+    from requests_opsnow.httpx import OpsNowAuth as HttpxAuth
+
+    return HttpxAuth(*args, **options)
+
+
+@pytest.mark.parametrize(
+    ("make_auth", "fixes"),
+    [
+        (OpsNowAuth, ("OpsNowAuth(verify=", "REQUESTS_CA_BUNDLE", "OpsNowSession().verify")),
+        (httpx_auth, ("OpsNowAuth(verify=", "requests_opsnow.httpx", "SSL_CERT_FILE")),
+    ],
+    ids=["requests", "httpx"],
+)
 def test_without_the_ca_one_attempt_and_an_error_naming_the_fix(
-    tls_fake: FakeOpsNow, clock: FakeClock
+    tls_fake: FakeOpsNow, clock: FakeClock, make_auth: Callable[..., Any], fixes: tuple[str, ...]
 ) -> None:
-    auth = OpsNowAuth(tls_fake.api_key, base_url=tls_fake.base_url, max_retries=3)
+    auth = make_auth(tls_fake.api_key, base_url=tls_fake.base_url, max_retries=3)
     with pytest.raises(TokenRequestError) as caught:
         auth.get_token()
     message = str(caught.value)
     assert "certificate verify failed" in message
-    for fix in ("OpsNowAuth(verify=", "REQUESTS_CA_BUNDLE", "OpsNowSession().verify"):
+    for fix in fixes:
         assert fix in message
     assert tls_fake.api_key not in message
     assert tls_fake.accepted_connections == 1  # a TLS failure is not retried
@@ -127,21 +142,3 @@ def test_the_async_httpx_auth_trusts_a_ca_given_as_a_path(
 
     assert asyncio.run(call()) == 200
     assert tls_fake.token_requests == 1
-
-
-def test_the_httpx_auth_without_the_ca_makes_one_attempt_and_names_its_fixes(
-    tls_fake: FakeOpsNow, clock: FakeClock
-) -> None:
-    from requests_opsnow.httpx import OpsNowAuth as HttpxAuth
-
-    auth = HttpxAuth(tls_fake.api_key, base_url=tls_fake.base_url, max_retries=3)
-    with pytest.raises(TokenRequestError) as caught:
-        auth.get_token()
-    message = str(caught.value)
-    assert "certificate verify failed" in message
-    assert "requests_opsnow.httpx" in message
-    assert "SSL_CERT_FILE" in message
-    assert tls_fake.api_key not in message
-    assert tls_fake.accepted_connections == 1  # not retried
-    assert clock.sleeps == []
-    assert tls_fake.token_requests == 0
