@@ -150,11 +150,11 @@ def run_status(args: argparse.Namespace, auth: OpsNowAuth) -> int:
         print(f"key: {_describe_source(profile) if profile is not None else 'not configured'}")
     if os.environ.get(BASE_URL_ENV, "").strip():
         print(f"(base URL from {BASE_URL_ENV})")
-    store = auth._lifecycle.store
+    store = auth.token_cache
     print(f"token cache: {store!r}" if store is not None else "token cache: memory")
     if os.environ.get(TOKEN_CACHE_ENV, "").strip():
         print(f"(token cache from {TOKEN_CACHE_ENV})")
-    token = store.get(auth._lifecycle.key) if store is not None else None
+    token = auth.cached_token()
     if token is None:
         print("cached token: none")
     else:

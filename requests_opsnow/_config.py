@@ -6,7 +6,7 @@ import math
 import os
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional, TypedDict, Union
 
 from ._hosts import safe_place
 from ._runtime import RuntimeState
@@ -44,6 +44,52 @@ BASE_URL_ENV = "OPSNOW_BASE_URL"
 TOKEN_CACHE_ENV = "OPSNOW_TOKEN_CACHE"  # noqa: S105 (a variable name, not a secret)
 """Selects the token store when ``cache=`` is not given: ``memory`` (the default),
 ``file``, ``file:/some/folder``, or a ``redis://`` / ``rediss://`` URL."""
+
+
+class AuthOptions(TypedDict, total=False):
+    """The options every OpsNow auth takes, declared once: the requests ``OpsNowAuth``,
+    the httpx one and ``OpsNowSession`` each add only their own TLS and proxy options.
+    ``None`` always means the default; an explicit 0 means 0."""
+
+    base_url: Optional[str]
+    token_url: Optional[str]
+    refresh_margin: Optional[float]
+    timeout: Union[float, tuple[float, float], None]
+    max_retries: Optional[int]
+    allowed_hosts: Optional[Iterable[str]]
+    cache: Optional[TokenCache]
+    profile: Optional[str]
+
+
+class OptionsSignature:
+    """A class's ``__signature__`` with ``**options`` spelled out (each :class:`AuthOptions`
+    keyword, ``None`` by default, right after ``api_key``), for ``help()`` and
+    ``inspect``; made on first use, so that importing the package imports no ``inspect``."""
+
+    def __get__(self, instance: object, owner: type) -> Any:
+        if instance is not None:  # an auth's own signature is its __call__'s
+            raise AttributeError("__signature__")
+        import inspect
+
+        own = list(inspect.signature(owner.__init__).parameters.values())[1:]  # type: ignore[misc]
+        options = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=getattr(kind, "__forward_arg__", kind),
+            )
+            for name, kind in AuthOptions.__annotations__.items()
+        ]
+        rest = [parameter for parameter in own[1:] if parameter.kind is not parameter.VAR_KEYWORD]
+        return inspect.Signature([own[0], *options, *rest])
+
+
+def check_options(owner: str, options: dict[str, object]) -> None:
+    """A TypeError for a keyword argument that is not an option, as Python gives for others."""
+    for name in options:
+        if name not in AuthOptions.__annotations__:
+            raise TypeError(f"{owner}() got an unexpected keyword argument {name!r}")
 
 
 def base_url_for_region(region: str) -> str:

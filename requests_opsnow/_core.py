@@ -1,83 +1,72 @@
 """The client-independent half of an OpsNow auth: its options, host policy and lifecycle.
 
 ``requests_opsnow.OpsNowAuth`` (requests) and ``requests_opsnow.httpx.OpsNowAuth``
-(httpx) both derive from :class:`AuthCore`: the same options, resolved and
-checked the same way, and the same token lifecycle for the same key, so that
-one process holds one token whichever client asks (``docs/design.md``,
-"One lifecycle per key").
+(httpx) both derive from :class:`AuthCore`: the same options (``AuthOptions``),
+resolved and checked the same way, and the same token lifecycle for the same
+key, so that one process holds one token whichever client asks
+(``docs/design.md``, "One lifecycle per key"). Each adds its transport.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import requests
-
+from . import _driver_sync
 from ._config import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_REFRESH_MARGIN,
     TOKEN_PATH,
-    TOKEN_TIMEOUT,
+    OptionsSignature,
     Sources,
     check_max_retries,
+    check_options,
     check_refresh_margin,
     check_timeout,
     host_list,
     store_at,
 )
-from ._exchange import TokenEndpoint
-from ._hosts import (
-    Decision,
-    check_secure_url,
-    environment_proxy,
-    host_policy,
-    safe_place,
-    safe_url,
-)
+from ._hosts import Decision, check_cleartext, check_secure_url, host_policy
 from ._lifecycle import TokenLifecycle, lifecycle_for
+from ._protocol import TokenEndpoint
 from ._runtime import RuntimeState
+from ._token import Token
+from ._transport_requests import RequestsTransport, SendSettings
 from .cache import TokenCache
-from .errors import OpsNowAuthError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._config import AuthOptions
 
 
 class AuthCore(RuntimeState):
-    """Options, host policy and the process's token lifecycle for one key.
+    """Options, host policy, the process's token lifecycle for one key, and a transport
+    (by default: requests, with requests' own TLS and proxy defaults)."""
 
-    ``None`` always means "the default"; an explicit 0 means 0.
-    """
-
-    _runtime_fields: ClassVar[tuple[str, ...]] = ("_store", "_lifecycle")
+    __signature__ = OptionsSignature()
+    _runtime_fields: ClassVar[tuple[str, ...]] = ("_store", "_lifecycle", "_transport")
     _kept_across_fork: ClassVar[tuple[str, ...]] = _runtime_fields  # the lifecycle resets itself
 
-    def __init__(
-        self,
-        api_key: str | None = None,
-        *,
-        base_url: str | None = None,
-        token_url: str | None = None,
-        refresh_margin: float | None = DEFAULT_REFRESH_MARGIN,
-        timeout: float | tuple[float, float] | None = TOKEN_TIMEOUT,
-        max_retries: int | None = DEFAULT_MAX_RETRIES,
-        allowed_hosts: Iterable[str] | None = None,
-        cache: TokenCache | None = None,
-        profile: str | None = None,
-    ) -> None:
-        sources = Sources(profile)
+    def __init__(self, api_key: str | None = None, **options: Unpack[AuthOptions]) -> None:
+        check_options(type(self).__name__, dict(options))
+        sources = Sources(options.get("profile"))
         self._api_key = sources.api_key(api_key)
-        self.base_url = sources.base_url(base_url)
+        self.base_url = sources.base_url(options.get("base_url"))
+        token_url = options.get("token_url")
         self.token_url = token_url if token_url is not None else self.base_url + TOKEN_PATH
         check_secure_url(self.base_url, "base_url")
         check_secure_url(self.token_url, "token_url")
-        self.refresh_margin = check_refresh_margin(refresh_margin)
-        self._endpoint = TokenEndpoint(
-            self.token_url, check_timeout(timeout), check_max_retries(max_retries)
+        self.refresh_margin = check_refresh_margin(options.get("refresh_margin"))
+        timeout, retries = (
+            check_timeout(options.get("timeout")),
+            check_max_retries(options.get("max_retries")),
         )
-        self._hosts = host_policy((self.base_url, self.token_url), host_list(allowed_hosts))
-        self._cache = cache
+        self._endpoint = TokenEndpoint(self.token_url, timeout, retries)
+        self._hosts = host_policy(
+            (self.base_url, self.token_url), host_list(options.get("allowed_hosts"))
+        )
+        self._cache = options.get("cache")
         # Where OPSNOW_TOKEN_CACHE keeps tokens, resolved (and checked) now; the store
         # object for that place is the process's own, found again after a copy.
-        self._store_place = sources.store_place() if cache is None else None
+        self._store_place = sources.store_place() if self._cache is None else None
         self._start_runtime()  # a subclass sets its own configuration before calling this
 
     def _new_runtime_state(self) -> None:
@@ -86,9 +75,22 @@ class AuthCore(RuntimeState):
         self._lifecycle: TokenLifecycle = lifecycle_for(
             self.token_url, self._api_key, self.refresh_margin, self._store
         )
+        self._transport: _driver_sync.Transport = self._new_transport()
+
+    def _new_transport(self) -> _driver_sync.Transport:
+        return RequestsTransport(self._endpoint, self._api_key, None, SendSettings())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(token_url={self._endpoint.safe_url!r})"
+
+    @property
+    def token_cache(self) -> TokenCache | None:
+        """The store that shares this auth's token beyond the process; None for memory."""
+        return self._store
+
+    def cached_token(self) -> Token | None:
+        """The token the store holds for this key, without fetching one (None for memory)."""
+        return self._lifecycle.stored()
 
     def invalidate(self) -> None:
         """Forget the token, here and in a shared cache: the next request fetches a new one.
@@ -97,7 +99,7 @@ class AuthCore(RuntimeState):
         after a ``curl`` got a 401): it is read from the cache to be forgotten.
         Every auth in this process with the same key forgets it too.
         """
-        self._lifecycle.invalidate()
+        _driver_sync.run(self._lifecycle.invalidate(), self._transport)
 
     def trusts(self, url: str) -> bool:
         """Whether a request to ``url`` would carry the token (host and scheme rules)."""
@@ -106,27 +108,8 @@ class AuthCore(RuntimeState):
     def _gets_token(self, url: str) -> bool:
         """Whether a request to ``url`` gets the token; raise if it must not go at all."""
         decision = self._hosts.decide(url)
-        if decision is Decision.ATTACH:
-            return True
         if decision is Decision.SKIP:
             return False
-        check_cleartext(url, decision)
+        if decision is not Decision.ATTACH:
+            check_cleartext(url, decision)
         return True
-
-
-def check_cleartext(
-    url: str, decision: Decision, request: requests.PreparedRequest | None = None
-) -> None:
-    """Refuse to put the token on plain http, except straight to loopback."""
-    if decision is Decision.REFUSE:
-        raise OpsNowAuthError(
-            "refusing to send the OpsNow token over plain http to a non-loopback host; use https",
-            request=request,
-        )
-    proxy = environment_proxy(url)
-    if proxy is not None:
-        raise OpsNowAuthError(
-            f"refusing to send the OpsNow token over plain http to {safe_url(url)} through the"
-            f" proxy {safe_place(proxy)} (from the environment); add the host to NO_PROXY",
-            request=request,
-        )

@@ -11,7 +11,10 @@ import functools
 import ipaddress
 import os
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from .errors import OpsNowAuthError
 
 OPSNOW_DOMAINS = ("opsnow360.io", "opsnow.io")
 """Every host in these domains (and the domains themselves) may receive the token."""
@@ -33,6 +36,12 @@ def safe_url(url: str) -> str:
     except ValueError:  # "Invalid IPv6 URL": a "[" in the host part
         return "(a malformed URL)"
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def route(method: str, url: str) -> str:
+    """What a 401 is remembered by (``docs/design.md``, "Replay after a 401"): the method and
+    the message-safe URL."""
+    return f"{method} {safe_url(url)}"
 
 
 def safe_place(url: str) -> str:
@@ -191,7 +200,7 @@ def environment_proxy(url: str) -> str | None:
     per value of the proxy variables (requests takes a couple of hundred
     microseconds to work it out).
     """
-    settings = tuple(os.environ.get(name) for name in _PROXY_VARIABLES)
+    settings = tuple(map(os.environ.get, _PROXY_VARIABLES))
     if not any(settings):
         return None
     return _proxy_for(_origin(url), settings)
@@ -203,3 +212,20 @@ def _proxy_for(origin: str, settings: tuple[str | None, ...]) -> str | None:
 
     proxy: str | None = select_proxy(origin, get_environ_proxies(origin))
     return proxy
+
+
+def check_cleartext(url: str, decision: Decision, request: Any = None) -> None:
+    """Refuse to put the token on plain http, except straight to loopback (and not through
+    a proxy the environment names)."""
+    if decision is Decision.REFUSE:
+        raise OpsNowAuthError(
+            "refusing to send the OpsNow token over plain http to a non-loopback host; use https",
+            request=request,
+        )
+    proxy = environment_proxy(url)
+    if proxy is not None:
+        raise OpsNowAuthError(
+            f"refusing to send the OpsNow token over plain http to {safe_url(url)} through the"
+            f" proxy {safe_place(proxy)} (from the environment); add the host to NO_PROXY",
+            request=request,
+        )

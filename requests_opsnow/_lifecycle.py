@@ -1,10 +1,11 @@
 """The token lifecycle: one token, one fetch at a time, one early refresh, per key and process.
 
-This module knows nothing about HTTP clients. It is given a *fetch*: a
-function that exchanges the key for a :class:`Token` (the requests plugin
-passes one that POSTs with requests). Everything else about a token's life
-happens here, under one lock, in named states (``docs/design.md``, "Token
-lifecycle")::
+This module knows nothing about HTTP clients, threads or event loops. Every
+rule of a token's life is written here once, as a *flow*: a generator that
+yields what it needs done (an *effect*) and is sent back the outcome. A thread
+driver (``_driver_sync``) and a coroutine driver (``_driver_async``) run the
+flows; they are the only code that knows threads from coroutines
+(``docs/design.md``, "Token lifecycle")::
 
                  fetch                  refresh_at                block_at
     (no token) --------> VALID ---------------------> DUE ---------------------> EXPIRED
@@ -14,18 +15,20 @@ lifecycle")::
         |
         +-- 401 (REJECTED: dropped, never used again) or invalidate()
 
-- VALID: used as it is. The hot path is one attribute read and one comparison
-  against ``refresh_at``.
-- DUE (``refresh_margin`` before expiry): still used, and one caller starts a
-  background refresh that nobody waits for.
-- EXPIRED (or about to be, ``block_at``): nobody uses it; callers wait for the
-  single fetch, and share its result or its error.
-- REJECTED: the server answered 401 to it. It is dropped (if still current),
-  never taken from a shared store again, and the next caller fetches.
+The effects a flow yields:
 
-Every ``OpsNowAuth`` with the same token URL, key, refresh margin and token
-store shares one :class:`TokenLifecycle` (:func:`lifecycle_for`), however many
-are built: an auth built per call costs a dictionary lookup, not a token request.
+- :class:`Fly`: get this flight flown. The driver answers True to have the flow
+  fly it in place (a leading thread), or runs its flow elsewhere (an early
+  refresh in a thread of its own; a coroutine's flight in a task);
+- :class:`Wait`: until the flight lands, or stalls (nobody runs it any more,
+  or it is past its deadline); the flow then decides what that means;
+- :class:`Fetch`: exchange the key for a token, within the flight's bound;
+- :class:`Io`: a blocking call to the store (a coroutine makes it in a worker thread).
+
+A flow takes the lifecycle's lock only for a few instructions, never across an
+effect. The hot path (a VALID token) is no flow at all: ``held`` and one
+comparison. Every ``OpsNowAuth`` with the same token URL, key, refresh margin
+and token store shares one :class:`TokenLifecycle` (:func:`lifecycle_for`).
 """
 
 from __future__ import annotations
@@ -33,13 +36,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
-import heapq
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
-from typing import Any, Callable, ClassVar, Protocol
+from collections.abc import Generator, Hashable, Iterator
+from functools import partial
+from typing import Any, Callable, ClassVar, NamedTuple, TypeVar, Union
 from weakref import WeakValueDictionary
 
 from . import _clock
@@ -58,10 +60,13 @@ EARLY_RETRY_DELAY = 5.0
 """After a failed early refresh, the next background attempt waits this long."""
 
 REFETCH_AFTER_401_INTERVAL = 30.0
-"""A token fetched because of a 401 and refused again within this many seconds is not
-replaced: refused at once, it means the key may not use that path (a permission
-problem), not that the token expired. The 401 is returned as it is and the token kept,
-so an always-401 path costs one token request per interval, not one per call."""
+"""A request whose replay (with the token fetched after its 401) is refused too means
+that the key may not use that route (method and URL): for this many seconds, that
+route's 401 is returned at once, without a token request, while other routes keep the
+token. An always-401 route costs one token request per interval, not one per call."""
+
+REMEMBERED_REFUSALS = 64
+"""Routes remembered as refused (above), most recent first, per lifecycle."""
 
 REMEMBERED_LIFECYCLES = 64
 """Lifecycles kept alive after their last auth is gone, most recently used first, so
@@ -73,10 +78,10 @@ WAIT_SLACK = 1.0
 stops the fetch and gives up."""
 
 LIVENESS_POLL = 0.25
-"""A waiter checks this often that the fetch it waits for is still running."""
+"""A waiter checks this often that the flight it waits for has not stalled; a flight
+nobody has started this long after it was created is abandoned."""
 
-WATCHDOG_IDLE = 10.0
-"""Seconds the watchdog thread lingers with no fetch to watch before it ends."""
+T = TypeVar("T")
 
 
 class TokenState(enum.Enum):
@@ -93,7 +98,7 @@ def refresh_deadlines(token: Token, refresh_margin: float) -> tuple[float, float
     The margin is capped at half the token's lifetime, so a 10 s token is not
     refreshed on every request. The one place this arithmetic lives.
     """
-    margin = min(refresh_margin, token.lifetime / 2)
+    margin = min(refresh_margin, (token.expires_at - token.issued_at) / 2)
     return token.expires_at - margin, token.expires_at - min(MANDATORY_WINDOW, margin / 2)
 
 
@@ -117,10 +122,10 @@ class HeldToken:
 
 
 class Cancellation:
-    """How waiters stop a fetch that outlived its bound: it closes what the fetch registered.
+    """How a fetch that outlived its bound is stopped: it closes what the fetch registered.
 
-    The fetch registers a callback per resource (a socket, say); ``cancel()``
-    runs them, once, from whichever thread gives up waiting.
+    The fetch registers a callback per resource (a socket, a client);
+    ``cancel()`` runs them, once, from whichever thread gives up waiting.
     """
 
     def __init__(self) -> None:
@@ -150,98 +155,78 @@ def _quietly(callback: Callable[[], object]) -> None:
         log.debug("cancelling a token request: %s failed", callback, exc_info=True)
 
 
-class Fetch(Protocol):
-    """Exchanges the key for a new token (raising an ``OpsNowAuthError`` on failure)."""
+class Flight:
+    """One token request, in the air until it lands with a token or an error.
 
-    @property
-    def bound(self) -> float:
-        """The longest one call may take, in seconds, retries included."""
-
-    def __call__(self, cancellation: Cancellation) -> Token:
-        """Fetch; stop early (raising) once ``cancellation`` is cancelled."""
-
-
-class _Flight:
-    """One fetch in progress. Waiters get its result, or its error raised again.
-
-    Waiting uses a plain lock as a latch and a flag, not a ``threading.Event``:
-    an exception a signal handler raises inside ``Event.wait`` can leave the
-    event's inner lock held for good, and then nobody could ever set it. A C
-    lock cannot be left half-taken, and waiters also read the flag every
-    :data:`LIVENESS_POLL` seconds, so a lost wake-up costs at most that.
+    It lands once (the first landing wins), under its lifecycle's lock, then
+    wakes its waiters: threads wait on ``latch``, a plain lock used as a latch
+    (not a ``threading.Event``, whose inner lock an exception a signal handler
+    raises can leave held for good); coroutines on a callback given to
+    :meth:`on_land`. Whoever runs it sets ``started``; a coroutine driver also
+    sets ``runner_alive`` (its event loop still runs).
     """
 
-    def __init__(self, *, early: bool, bound: float) -> None:
-        self.early = early
+    def __init__(self, bound: float, *, early: bool) -> None:
         self.bound = bound
+        self.early = early
         self.created_at = _clock.monotonic()
         self.deadline = self.created_at + bound + WAIT_SLACK
         self.cancellation = Cancellation()
-        self.flying = False  # the fetch is running (set by the thread that runs it)
+        self.started = False
+        self.runner_alive: Callable[[], bool] | None = None
         self.landed = False
-        self._latch = threading.Lock()
-        self._latch.acquire()  # released once landed
-        self._held: HeldToken | None = None
-        self._error: BaseException | None = None
+        self.held: HeldToken | None = None
+        self.error: BaseException | None = None
+        self.latch = threading.Lock()
+        self.latch.acquire()  # released once landed
         self._on_land: list[Callable[[], None]] = []
-
-    def land(self, held: HeldToken | None, error: BaseException | None) -> None:
-        self._held, self._error = held, error
-        self.landed = True
-        with contextlib.suppress(RuntimeError):  # already released
-            self._latch.release()
-        for callback in self._on_land:  # a list iterator also sees what is appended meanwhile
-            callback()
 
     def on_land(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the flight has landed, in the thread that lands it.
 
         It may be called twice (when it is added just as the flight lands), and
-        must not raise: it is how a coroutine's event loop learns of the landing.
+        must not raise: it is how an event loop learns of the landing.
         """
         self._on_land.append(callback)
         if self.landed:
             callback()
 
-    def wait(self) -> HeldToken | None:
-        """The result; None if the flight was interrupted or abandoned (start another).
+    def stalled(self, now: float) -> bool:
+        """Whether waiting on is pointless: past its deadline, or nobody runs it (never
+        started, or its event loop is closed or stopped)."""
+        if self.landed:
+            return False
+        if now >= self.deadline:
+            return True
+        if not self.started:
+            return now - self.created_at > LIVENESS_POLL
+        alive = self.runner_alive
+        return alive is not None and not alive()
 
-        A fetch still running at the deadline has been stopped by the watchdog:
-        ``TokenRequestError``. Nobody waits longer than the fetch's own bound.
-        """
-        while not self.landed:
-            if self._latch.acquire(timeout=LIVENESS_POLL):
-                self._latch.release()  # and the next waiter goes through too
-                continue
-            now = _clock.monotonic()
-            if self._abandoned(now):
-                return None
-            if now >= self.deadline:
-                self.cancellation.cancel()
-                raise TokenRequestError(
-                    f"no token within {self.bound:.0f} s: the token request was stopped"
-                )
-        if self._error is _INTERRUPTED:
+    def stopped(self) -> TokenRequestError:
+        """The error of a flight stopped at its deadline."""
+        return TokenRequestError(
+            f"no token within {self.bound:.0f} s: the token request was stopped"
+        )
+
+    def result(self) -> HeldToken | None:
+        """A landed flight's token; None if it was interrupted; its error (a copy) raised."""
+        if self.error is _INTERRUPTED:
             return None
-        if self._error is not None:
-            raise _own_copy(self._error)
-        return self._held
+        if self.error is not None:
+            raise _own_copy(self.error)
+        return self.held
 
-    def _abandoned(self, now: float) -> bool:
-        # Created, but nobody is running it: an exception hit the thread that was
-        # about to (Ctrl-C, a signal handler, a task's time limit) in the instant
-        # between creating the flight and starting the fetch.
-        return not self.landed and not self.flying and now - self.created_at > LIVENESS_POLL
-
-
-class Need(enum.Enum):
-    """What a decision returns when it cannot answer without a token request."""
-
-    FETCH = "fetch"
+    def _wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already released
+            self.latch.release()
+        for callback in self._on_land:  # a list iterator also sees what is appended meanwhile
+            callback()
 
 
 _INTERRUPTED = OpsNowAuthError("the token request was interrupted")
-"""What a flight lands with when its thread was interrupted: waiters start another."""
+"""What a flight lands with when whoever ran it was interrupted, or nobody did: its
+waiters start another."""
 
 
 def _own_copy(error: BaseException) -> BaseException:
@@ -256,107 +241,335 @@ def _own_copy(error: BaseException) -> BaseException:
     return copied.with_traceback(None)
 
 
+def _failed(error: Exception) -> TokenRequestError:
+    """What the waiters of a flight get when its fetch raised something other than an
+    ``OpsNowAuthError`` (a bug, a client's own error, an exception a signal handler
+    raised in the leader): the documented error, caused by it."""
+    failure = TokenRequestError(f"the token request failed: {type(error).__name__}")
+    failure.__cause__ = error
+    return failure
+
+
+# -- effects: what a flow asks its driver to do ---------------------------------------------------
+
+FetchFunction = Callable[[Cancellation], Token]
+"""A transport's blocking fetch: exchanges the key for a token, or raises."""
+
+
+class Fly(NamedTuple):
+    """Get ``flight`` flown: send back True to have the flow run ``flow`` (the flight's
+    own) in place; or run ``flow`` elsewhere and send back None."""
+
+    flight: Flight
+    flow: Generator[Effect, Any, None]
+
+
+class Wait(NamedTuple):
+    """Until ``flight`` lands or :meth:`Flight.stalled`. Sends back None."""
+
+    flight: Flight
+
+
+class Fetch(NamedTuple):
+    """Exchange the key for a token within ``flight``'s bound; sends back the token.
+
+    With a store, ``locked(fetch, flight)`` wraps a blocking fetch in "lock, read,
+    else fetch and write": one thread must hold the store's lock across it.
+    """
+
+    flight: Flight
+    locked: Callable[[FetchFunction, Flight], Token] | None
+
+
+class Io(NamedTuple):
+    """A blocking call to the store; sends back what it returned."""
+
+    call: Callable[[], Any]
+
+
+class Done(NamedTuple):
+    """What a driver's ``drive`` returns when the flow has ended: its value."""
+
+    value: Any
+
+
+Effect = Union[Fly, Wait, Fetch, Io]
+EFFECTS = (Fly, Wait, Fetch, Io)
+Flow = Generator[Effect, Any, T]
+
+
 class TokenLifecycle(RuntimeState):
     """The token of one (token URL, key, refresh margin, store) in this process."""
 
     _runtime_fields = (
-        "_lock", "held", "_flight", "_rejected", "_early_retry_at", "_fetched_after_401",
-        "_last_401_fetch_at", "_store_failing",
+        "_lock", "held", "_flight", "_rejected", "_early_retry_at", "_refused", "_store_failing",
     )  # fmt: skip
-    _kept_across_fork = ("held", "_rejected", "_fetched_after_401", "_last_401_fetch_at")
+    _kept_across_fork = ("held", "_rejected", "_refused")
 
     def __init__(self, key: str, refresh_margin: float, store: TokenCache | None) -> None:
         self.key = key  # the store's key: a digest, never the API key
         self.refresh_margin = refresh_margin
         self.store = store
+        # How long the store's lock may make a fetch wait (its lock_wait, if it has one).
+        wait = getattr(store, "lock_wait", 0.0)
+        self._store_wait = float(wait) if isinstance(wait, (int, float)) else 0.0
         self._start_runtime()
 
     def _new_runtime_state(self) -> None:
         self._lock = threading.Lock()
         self.held: HeldToken | None = None  # read without the lock on the hot path
-        self._flight: _Flight | None = None
+        self._flight: Flight | None = None
         self._rejected: Token | None = None  # never taken from the store again
         self._early_retry_at = 0.0
-        self._fetched_after_401: Token | None = None  # the token the last 401 made us fetch
-        self._last_401_fetch_at = float("-inf")
+        self._refused: OrderedDict[str, tuple[Token, float]] = OrderedDict()
         self._store_failing = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(store={self.store!r})"
 
-    # -- what callers ask for ---------------------------------------------------------------
+    # -- the flows: what callers ask for ------------------------------------------------------
+    # ``bound`` is the longest the caller's fetch may take (its transport's), for the
+    # flight it may lead.
 
-    def usable(self, fetch: Fetch) -> HeldToken:
-        """A token to send now: the held one unless EXPIRED; a DUE one starts a refresh."""
+    def obtain(self, bound: float, unwanted: Token | None = None) -> Flow[HeldToken]:
+        """A token to send now: the held one unless EXPIRED (or ``unwanted``); a DUE one
+        also starts an early refresh, which nobody waits for."""
         held = self.held
-        if held is not None:
+        if held is not None and held.token != unwanted:
             state = held.state(_clock.now())
             if state is TokenState.DUE:
-                self._start_early_refresh(held, fetch)
+                yield from self._refresh_early(held, bound)
             if state is not TokenState.EXPIRED:
                 return held
-        return self._wait_for_token(fetch)
+        held = yield from self._join(bound, unwanted)
+        if held.token == unwanted:
+            # A flight that read the store before the unwanted token was deleted from it:
+            # one more, which will not take it from the store again.
+            held = yield from self._join(bound, unwanted)
+        return held
 
-    def fresh(self, fetch: Fetch) -> HeldToken:
-        """Like :meth:`usable`, but a DUE token is replaced before returning (no thread).
+    def fresh(self, bound: float) -> Flow[HeldToken]:
+        """Like :meth:`obtain`, but a DUE token is replaced before returning.
 
-        As with a background refresh, a failed refresh of a token that is still
+        As with an early refresh, a failed refresh of a token that is still
         usable keeps it, with a warning.
         """
         held = self.held
         if held is None or held.state(_clock.now()) is TokenState.VALID:
-            return self.usable(fetch)
+            return (yield from self.obtain(bound))
         try:
-            return self._wait_for_token(fetch, rejected=held.token)
+            return (yield from self.obtain(bound, held.token))
         except Exception as error:
             if self.held is not held or held.state(_clock.now()) is TokenState.EXPIRED:
                 raise
             log.warning("OpsNow token refresh failed (%s); still using the current token", error)
             return held
 
-    def replacement_for(self, rejected: Token, fetch: Fetch) -> HeldToken | None:
-        """After a 401 to ``rejected``: the token to resend with, or None not to resend.
+    def after_401(self, bound: float, rejected: Token, route: str) -> Flow[HeldToken | None]:
+        """After a 401 to a request to ``route`` that carried ``rejected``: the token to
+        resend with, or None to return the 401 as it is.
 
-        If another caller already replaced it, that token, without a fetch. If
-        ``rejected`` is the very token a 401 made us fetch less than
-        :data:`REFETCH_AFTER_401_INTERVAL` ago, None: refused at once, it points
-        at a permission problem, so the token is kept and the 401 stands.
-        Otherwise ``rejected`` is dropped and one new token fetched (single flight).
+        None if the replay of an earlier request to that route with ``rejected`` was
+        refused too, less than :data:`REFETCH_AFTER_401_INTERVAL` ago (see
+        :meth:`refused`). The held token if another caller already replaced
+        ``rejected``. Otherwise ``rejected`` is dead: dropped, and one new token
+        fetched (single flight), however soon after the last.
         """
         now = _clock.now()
-        decided = self._without_fetch_after_401(rejected, now)
-        if decided is not Need.FETCH:
-            return decided
-        self.reject(rejected)
-        return self._fetched_because_of_401(self._wait_for_token(fetch, rejected=rejected), now)
-
-    def _without_fetch_after_401(self, rejected: Token, now: float) -> HeldToken | Need | None:
-        """The answer to a 401 if it needs no fetch (a replacement, or None); else Need.FETCH."""
         with self._lock:
-            held = self.held
-            if held is not None and held.token != rejected:
-                if held.state(now) is not TokenState.EXPIRED:
-                    log.debug("token already replaced by another caller; replaying with it")
-                    return held
-            elif (
-                rejected == self._fetched_after_401
-                and now - self._last_401_fetch_at < REFETCH_AFTER_401_INTERVAL
-            ):
-                log.debug("the token a 401 just replaced was refused too: the 401 stands")
+            refusal = self._refused.get(route)
+            if refusal is not None and refusal[0] == rejected and now < refusal[1]:
+                log.debug("this key may not use %s: its 401 stands", route)
                 return None
-        return Need.FETCH
+            held = self.held
+            if (
+                held is not None
+                and held.token != rejected
+                and held.state(now) is not TokenState.EXPIRED
+            ):
+                log.debug("token already replaced by another caller; replaying with it")
+                return held
+        yield from self.reject(rejected)
+        return (yield from self.obtain(bound, rejected))
 
-    def _fetched_because_of_401(self, replacement: HeldToken, now: float) -> HeldToken:
+    def refused(self, route: str, token: Token) -> None:
+        """The replay of a request to ``route`` with ``token`` (its replacement after a 401)
+        was refused too: the key may not use that route. ``token`` stays in use."""
         with self._lock:
-            if replacement.token != self._fetched_after_401:
-                self._fetched_after_401 = replacement.token
-                self._last_401_fetch_at = now
-        return replacement
+            self._refused[route] = (token, _clock.now() + REFETCH_AFTER_401_INTERVAL)
+            self._refused.move_to_end(route)
+            while len(self._refused) > REMEMBERED_REFUSALS:
+                self._refused.popitem(last=False)
+        log.debug(
+            "%s refused a new token too: its 401 stands for %.0f s",
+            route,
+            REFETCH_AFTER_401_INTERVAL,
+        )
 
-    def reject(self, rejected: Token) -> None:
+    def reject(self, rejected: Token) -> Flow[None]:
         """The server refused ``rejected`` (a 401): drop it here and from the store, if current."""
-        if self._drop(rejected):
-            self._store_delete(rejected)
+        if self._drop(rejected) and self.store is not None:
+            yield Io(partial(self._store_delete, rejected))
+
+    def invalidate(self) -> Flow[None]:
+        """Forget the token, here and in the store, even one this process never used."""
+        with self._lock:
+            held, self.held = self.held, None
+            if held is not None:
+                self._rejected = held.token
+        if held is not None:
+            token: Token | None = held.token
+        elif self.store is not None:
+            token = yield Io(self._store_get)
+        else:
+            return
+        if token is None:
+            return
+        with self._lock:
+            # A flight may have published the stored token while we read it.
+            self._rejected = token
+            published: HeldToken | None = self.held
+            if published is not None and published.token == token:
+                self.held = None
+        if self.store is not None:
+            yield Io(partial(self._store_delete, token))
+
+    def stored(self) -> Token | None:
+        """The token the store holds for this key, if any (no fetch; blocking)."""
+        return self._store_get()
+
+    # -- single flight ---------------------------------------------------------------------
+
+    def _join(self, bound: float, unwanted: Token | None) -> Flow[HeldToken]:
+        """A usable token: the held one, or the result of the flight in progress or a new one."""
+        while True:
+            with self._lock:
+                usable = self._usable_unless(unwanted)
+                if usable is not None:
+                    return usable
+                flight, leading = self._claim_flight(bound)
+            if leading:
+                yield from self._launch(flight)
+            yield Wait(flight)
+            held = self._outcome(flight)
+            if held is not None:
+                return held
+
+    def _usable_unless(self, unwanted: Token | None) -> HeldToken | None:
+        """The held token if it may be sent, and is not ``unwanted``. Lock held."""
+        held = self.held
+        if (
+            held is not None
+            and held.token != unwanted
+            and held.state(_clock.now()) is not TokenState.EXPIRED
+        ):
+            return held
+        return None
+
+    def _claim_flight(self, bound: float) -> tuple[Flight, bool]:
+        """The flight in the air, or a new one this caller leads: ``(flight, leading)``.
+        Lock held. A stalled flight is joined, to be retired by :meth:`_outcome`."""
+        flight = self._flight
+        if flight is not None and not flight.landed:
+            return flight, False
+        flight = self._flight = Flight(bound + self._store_wait, early=False)
+        return flight, True
+
+    def _launch(self, flight: Flight) -> Flow[None]:
+        """Have ``flight`` flown; if the driver never got to it, land it as interrupted."""
+        launched = False
+        fly = self._fly(flight)
+        try:
+            in_place = yield Fly(flight, fly)
+            launched = True
+            if in_place:
+                yield from fly
+        finally:
+            if not launched:
+                self._land(flight, None, _INTERRUPTED)
+
+    def _outcome(self, flight: Flight) -> HeldToken | None:
+        """What a waiter makes of a flight it waited for: its token, or None to go round again."""
+        if not flight.landed:
+            self._retire(flight)
+        held = flight.result()
+        if held is None or held.token == self._rejected:
+            return None  # interrupted or abandoned; or a store read just before a 401
+        return held
+
+    def _retire(self, flight: Flight) -> None:
+        """Land a stalled flight: past its deadline, stopped with an error for its waiters;
+        otherwise (nobody runs it) as interrupted, so that a new flight replaces it."""
+        if _clock.monotonic() >= flight.deadline:
+            flight.cancellation.cancel()
+            self._land(flight, None, flight.stopped())
+        else:
+            self._land(flight, None, _INTERRUPTED)
+
+    def _refresh_early(self, held: HeldToken, bound: float) -> Flow[None]:
+        """Refresh a DUE token in a flight nobody waits for."""
+        running = self._flight
+        if running is not None and running.stalled(_clock.monotonic()):
+            self._retire(running)  # say, a refresh task on an event loop closed since
+        flight = self._claim_early_flight(held, bound)
+        if flight is not None:
+            yield from self._launch(flight)
+
+    def _claim_early_flight(self, held: HeldToken, bound: float) -> Flight | None:
+        """A new early-refresh flight for the DUE ``held``, unless one runs or failed just now."""
+        if self._flight is not None or _clock.now() < self._early_retry_at:
+            return None  # the common case while a refresh runs: no lock taken
+        with self._lock:
+            if (
+                self._flight is not None
+                or self.held is not held
+                or _clock.now() < self._early_retry_at
+            ):
+                return None
+            flight = self._flight = Flight(bound + self._store_wait, early=True)
+        return flight
+
+    def _fly(self, flight: Flight) -> Flow[None]:
+        """A flight's own flow: read the store or fetch, then land, with the token or with
+        the answer every waiter gets (``docs/design.md``, "Token lifecycle")."""
+        if flight.landed:  # retired before anyone ran it
+            return
+        flight.started = True
+        if self.store is None:
+            log.debug("fetching a new OpsNow token")
+        held: HeldToken | None = None
+        error: BaseException | None = _INTERRUPTED  # unless an answer arrives
+        try:
+            token = yield Fetch(flight, self._through_store if self.store is not None else None)
+            held, error = HeldToken(token, self.refresh_margin), None
+        except OpsNowAuthError as exc:
+            error = exc
+        except Exception as exc:
+            # Whoever ran the fetch (a leading thread) raises its own exception; its waiters
+            # get one answer from this flight, not a new flight each.
+            error = _failed(exc)
+            raise
+        finally:  # anything else (Ctrl-C, a cancelled task) is an interruption
+            if flight.early and error is not None and error is not _INTERRUPTED:
+                log.warning(
+                    "early OpsNow token refresh failed (%s); still using the current token", error
+                )
+            self._land(flight, held, error)
+
+    def _land(self, flight: Flight, held: HeldToken | None, error: BaseException | None) -> None:
+        """Land ``flight`` once (the first landing wins): publish its token, wake its waiters."""
+        with self._lock:
+            if flight.landed:
+                return
+            flight.held, flight.error = held, (error if held is None else None)
+            flight.landed = True
+            if self._flight is flight:
+                self._flight = None
+            if held is not None and held.token != self._rejected:
+                self.held = held
+            elif flight.early:
+                self._early_retry_at = _clock.now() + EARLY_RETRY_DELAY
+        flight._wake()
 
     def _drop(self, rejected: Token) -> bool:
         """Forget ``rejected`` here; True if it was the held token (then the store must too)."""
@@ -369,168 +582,10 @@ class TokenLifecycle(RuntimeState):
             log.debug("server rejected the current token (401); dropping it")
         return dropped
 
-    def invalidate(self) -> None:
-        """Forget the token, here and in the store, even one this process never used."""
-        with self._lock:
-            held, self.held = self.held, None
-            if held is not None:
-                self._rejected = held.token
-        token = held.token if held is not None else self._store_get()
-        if token is None:
-            return
-        with self._lock:
-            # A flight may have published the stored token while we read it.
-            self._rejected = token
-            published: HeldToken | None = self.held
-            if published is not None and published.token == token:
-                self.held = None
-        self._store_delete(token)
+    # -- the store: advisory, never fatal -------------------------------------------------------
 
-    # -- single flight ----------------------------------------------------------------------
-
-    def _wait_for_token(self, fetch: Fetch, rejected: Token | None = None) -> HeldToken:
-        held = self._join_flight(fetch, rejected)
-        if held.token == rejected:
-            # A flight that read the store before the rejected token was deleted from it:
-            # one more, which will not take it from the store again.
-            held = self._join_flight(fetch, rejected)
-        return held
-
-    def _join_flight(self, fetch: Fetch, rejected: Token | None) -> HeldToken:
-        """A usable token: the held one, or the result of the flight in progress or a new one.
-
-        The caller that starts a flight runs the fetch (in its own thread: a
-        caller may hold locks the fetch needs, as mocking libraries do around a
-        send); everyone else waits for it, with a deadline.
-        """
-        while True:
-            flight: _Flight | None = None
-            leading = False
-            try:
-                with self._lock:
-                    usable = self._usable_unless(rejected)
-                    if usable is not None:
-                        return usable
-                    flight, leading = self._claim_flight(fetch)
-                if leading:
-                    self._fly(flight, fetch)
-            finally:
-                if leading and flight is not None and not flight.landed:
-                    self._land(flight, None, _INTERRUPTED)  # between creating and running it
-            answer = self._answer(flight, flight.wait())
-            if answer is not None:
-                return answer
-
-    def _usable_unless(self, rejected: Token | None) -> HeldToken | None:
-        """The held token if it may be sent, and is not ``rejected``. Lock held."""
-        held = self.held
-        if (
-            held is not None
-            and held.token != rejected
-            and held.state(_clock.now()) is not TokenState.EXPIRED
-        ):
-            return held
-        return None
-
-    def _claim_flight(self, fetch: Fetch | Any) -> tuple[_Flight, bool]:
-        """The flight in progress, or a new one this caller leads: ``(flight, leading)``.
-        Lock held."""
-        flight = self._flight
-        if flight is not None and not flight.landed:
-            return flight, False
-        flight = self._flight = self._new_flight(fetch, early=False)
-        return flight, True
-
-    def _answer(self, flight: _Flight, result: HeldToken | None) -> HeldToken | None:
-        """What a waiter makes of a flight's result: the token, or None to go round again."""
-        if result is None:
-            self._forget(flight)  # interrupted, or abandoned without landing: start another
-            return None
-        if result.token == self._rejected:
-            return None  # the flight read the store just before the token was invalidated
-        return result
-
-    def _new_flight(self, fetch: Fetch | Any, *, early: bool) -> _Flight:
-        return _Flight(early=early, bound=_store_wait(self.store) + fetch.bound)
-
-    def _forget(self, flight: _Flight) -> None:
-        with self._lock:
-            if self._flight is flight:
-                self._flight = None
-
-    def _start_early_refresh(self, held: HeldToken, fetch: Fetch) -> None:
-        """Refresh a DUE token in the background; nobody waits for it."""
-        flight = self._claim_early_flight(held, fetch)
-        if flight is None:
-            return
-        worker = threading.Thread(
-            target=self._fly, args=(flight, fetch), name="requests-opsnow-refresh", daemon=True
-        )
-        try:
-            worker.start()
-        except BaseException as error:  # e.g. at interpreter shutdown; expiry will block instead
-            self._land(flight, None, OpsNowAuthError("could not start the token refresh thread"))
-            if not isinstance(error, Exception):
-                raise
-
-    def _claim_early_flight(self, held: HeldToken, fetch: Fetch | Any) -> _Flight | None:
-        """A new early-refresh flight for the DUE ``held``, unless one runs or failed just now."""
-        if self._flight is not None or _clock.now() < self._early_retry_at:
-            return None  # the common case while a refresh runs: no lock taken
-        with self._lock:
-            if (
-                self._flight is not None
-                or self.held is not held
-                or _clock.now() < self._early_retry_at
-            ):
-                return None
-            flight = self._flight = self._new_flight(fetch, early=True)
-        return flight
-
-    def _fly(self, flight: _Flight, fetch: Fetch) -> None:
-        """Run one flight: read the store or fetch, publish, wake the waiters.
-
-        A watchdog stops the fetch at its bound: a read timeout applies to each
-        read, so a server answering one byte a second would hold it forever.
-        """
-        flight.flying = True
-        unwatch = _watchdog.watch(flight.deadline, flight.cancellation)
-        held: HeldToken | None = None
-        error: BaseException | None = None
-        try:
-            held = HeldToken(self._from_store_or_fetch(fetch, flight), self.refresh_margin)
-        except OpsNowAuthError as exc:  # the fetch failed: every waiter gets this answer
-            error = exc
-            if flight.early:
-                log.warning(
-                    "early OpsNow token refresh failed (%s); still using the current token", exc
-                )
-        except BaseException:
-            # Not an answer but an interruption of this thread (Ctrl-C, a signal handler,
-            # a task's time limit): it is this caller's alone. Waiters start a new flight.
-            error = _INTERRUPTED
-            raise
-        finally:
-            unwatch()
-            flight.flying = False
-            self._land(flight, held, error)
-
-    def _land(self, flight: _Flight, held: HeldToken | None, error: BaseException | None) -> None:
-        with self._lock:
-            if self._flight is flight:
-                self._flight = None
-            if held is not None and held.token != self._rejected:
-                self.held = held
-            elif flight.early:
-                self._early_retry_at = _clock.now() + EARLY_RETRY_DELAY
-        flight.land(held, error if held is None else None)
-
-    # -- the store: advisory, never fatal --------------------------------------------------------
-
-    def _from_store_or_fetch(self, fetch: Fetch, flight: _Flight) -> Token:
-        if self.store is None:
-            log.debug("fetching a new OpsNow token")
-            return fetch(flight.cancellation)
+    def _through_store(self, fetch: FetchFunction, flight: Flight) -> Token:
+        """Lock the store, use the token it holds if still VALID, else fetch and store one."""
         with self._store_lock():
             cached = self._store_get()
             # Read after the store: a 401 elsewhere may just have rejected that very token.
@@ -547,7 +602,7 @@ class TokenLifecycle(RuntimeState):
             self._store_set(token)
             return token
 
-    @contextmanager
+    @contextlib.contextmanager
     def _store_lock(self) -> Iterator[None]:
         assert self.store is not None
         try:
@@ -606,99 +661,6 @@ class TokenLifecycle(RuntimeState):
                 self._store_failing = False
 
 
-class _Watchdog(RuntimeState):
-    """Cancels fetches that outlive their bound, from one thread for the whole process.
-
-    A read timeout applies to each read: a server that answers one byte a
-    second would hold a fetch (and a single-threaded script) forever. The
-    thread starts when a fetch is watched and ends after :data:`WATCHDOG_IDLE`
-    seconds with nothing to watch, so an idle process has no such thread.
-    """
-
-    _runtime_fields = ("_lock", "_changed", "_watched", "_running", "_started_at")
-
-    def __init__(self) -> None:
-        self._start_runtime()
-
-    def _new_runtime_state(self) -> None:
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._watched: list[tuple[float, int, Cancellation]] = []  # a heap by deadline
-        self._running = False  # set by the thread itself, under the lock
-        self._started_at = float("-inf")
-
-    def watch(self, deadline: float, cancellation: Cancellation) -> Callable[[], None]:
-        """Cancel ``cancellation`` at ``deadline`` (monotonic), unless the returned
-        function is called first."""
-        entry = (deadline, id(cancellation), cancellation)
-        with self._lock:
-            heapq.heappush(self._watched, entry)
-            self._changed.notify()
-            self._ensure_thread()
-        return lambda: self._unwatch(entry)
-
-    def _unwatch(self, entry: tuple[float, int, Cancellation]) -> None:
-        with self._lock:
-            if entry in self._watched:
-                self._watched.remove(entry)
-                heapq.heapify(self._watched)
-                self._changed.notify()
-
-    def _ensure_thread(self) -> None:
-        """Start the thread unless it runs (or was started a moment ago). Lock held.
-
-        Its own flag, not ``Thread.is_alive()``: a signal handler that raises
-        inside ``is_alive()`` can mark a running thread as stopped (CPython).
-        """
-        now = _clock.monotonic()
-        if self._running or now - self._started_at < 1.0:
-            return
-        self._started_at = now
-        thread = threading.Thread(target=self._run, name="requests-opsnow-watchdog", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # no new threads at interpreter shutdown: waiters still time out
-            self._started_at = float("-inf")
-
-    def _run(self) -> None:
-        with self._lock:
-            if self._running:
-                return  # another watchdog thread got there first
-            self._running = True
-        while True:
-            overdue = self._next_overdue()
-            if overdue is None:
-                return
-            overdue.cancel()
-
-    def _next_overdue(self) -> Cancellation | None:
-        """Wait for the earliest deadline to pass; None once idle for ``WATCHDOG_IDLE`` s."""
-        with self._lock:
-            while True:
-                if not self._watched:
-                    if not self._changed.wait(WATCHDOG_IDLE) and not self._watched:
-                        self._running = False
-                        return None
-                    continue
-                deadline, _, cancellation = self._watched[0]
-                remaining = deadline - _clock.monotonic()
-                if remaining <= 0:
-                    heapq.heappop(self._watched)
-                    return cancellation
-                # Wake at least once a second: a notify can be lost to a signal handler
-                # that raised in the thread calling it.
-                self._changed.wait(min(remaining, 1.0))
-
-
-_watchdog = _Watchdog()
-
-
-def _store_wait(store: TokenCache | None) -> float:
-    """How long the store's lock may make a fetch wait (its ``lock_wait``, if it has one)."""
-    wait = getattr(store, "lock_wait", 0.0)
-    return float(wait) if isinstance(wait, (int, float)) else 0.0
-
-
 class _Registry(RuntimeState):
     """Lifecycles by identity: alive while an auth uses them or among the recent ones."""
 
@@ -730,12 +692,12 @@ class _Registry(RuntimeState):
 
 
 def _place_of(store: TokenCache | None) -> Hashable:
-    """Where a store keeps tokens. Stores that name their place (``_place``: a folder,
+    """Where a store keeps tokens. Stores that name their place (``place``: a folder,
     say) are the same place when they name the same one, however many objects; any
     other store is a place of its own (the lifecycle holds it, so its id stays unique)."""
     if store is None:
         return None
-    place = getattr(store, "_place", None)
+    place = getattr(store, "place", None)
     return place if isinstance(place, tuple) else ("object", id(store))
 
 

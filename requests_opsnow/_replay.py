@@ -36,49 +36,62 @@ _BODY_POSITION = "_body_position"
 """Where requests recorded a stream body's start (``body.tell()``) when preparing."""
 
 
-def replay_with(
-    response: requests.Response,
-    new_header: Callable[[], str | None],
-    drop_rejected: Callable[[], None],
-    send_options: dict[str, Any],
-) -> requests.Response:
-    """Resend ``response.request`` once with a new token; return the new response.
+def is_replay(request: requests.PreparedRequest) -> bool:
+    """Whether ``request`` is itself a replay: its 401 is returned as it is."""
+    return bool(getattr(request, _REPLAYED, False))
 
-    ``response`` is a 401 to a request that carried our token. It is returned
-    unchanged when the request was already a replay, and when the request
-    cannot be resent (then ``drop_rejected()`` forgets the rejected token, so
-    the next request fetches a new one, and a :class:`ReplaySkippedWarning`
-    says why). Otherwise it is read, closed and put in the new response's
-    history. ``new_header()`` gives the ``Authorization`` value to resend with,
-    or None when the 401 should stand (a 401 again just after a refetch).
 
-    The request the caller (or a mocking library) holds is never changed: the
-    replay is a copy. A redirect of the replay is followed by requests from the
-    original request, so it carries the old token once more and is replayed
-    in turn, without a new fetch: one extra round trip on a rare path.
+def prepare_replay(response: requests.Response) -> tuple[requests.PreparedRequest, Any] | str:
+    """For a 401 to a request that carried our token: a copy of the request, rewound, with
+    the cookies the 401 set, and the adapter to send it on; or why it cannot be resent.
+
+    The 401 is read and closed first: with a one-connection pool the replay needs
+    its connection. The request the caller (or a mocking library) holds is never
+    changed: the replay is a copy.
     """
     request = response.request
-    if getattr(request, _REPLAYED, False):
-        log.debug("401 to a replayed request; returning it")
-        return response
-    ready = _ready_to_resend(response)
-    if isinstance(ready, str):
-        _skip(request, ready, drop_rejected)
-        return response
-    retry, connection = ready
-    header = new_header()
-    if header is None:
-        return response
+    problem = unreplayable_body(request)
+    if problem is not None:
+        return problem
+    connection = getattr(response, "connection", None)
+    if connection is None:
+        return "there is no connection to send it on"
+    response.content  # noqa: B018
+    response.close()
+    try:
+        retry = request.copy()
+        _rewind(retry)
+    except OSError as exc:
+        return f"rewinding its body failed ({type(exc).__name__})"
+    _add_cookies_set_by(response, retry)
+    return retry, connection
+
+
+def resend(
+    response: requests.Response,
+    retry: requests.PreparedRequest,
+    connection: Any,
+    header: str,
+    send_options: dict[str, Any],
+) -> requests.Response:
+    """Send ``retry`` (from :func:`prepare_replay`) once with ``header``; its response,
+    with the 401 in its history.
+
+    A redirect of the replay is followed by requests from the original request,
+    so it carries the old token once more and is replayed in turn, without a new
+    fetch: one extra round trip on a rare path.
+    """
     retry.headers["Authorization"] = header
     setattr(retry, _REPLAYED, True)
-    log.debug("replaying %s once with a new token", _method_and_url(request))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("replaying %s %s once with a new token", retry.method, safe_url(retry.url or ""))
     started = time.perf_counter()
     new_response: requests.Response = connection.send(retry, **send_options)
     new_response.elapsed = timedelta(seconds=time.perf_counter() - started)
     new_response.history.append(response)
     new_response.request = retry
     if new_response.is_redirect:
-        _keep_the_401_through_redirects(request, new_response, response)
+        _keep_the_401_through_redirects(response.request, new_response, response)
     return new_response
 
 
@@ -157,31 +170,6 @@ def passes_through(response: requests.Response, **send_options: Any) -> requests
     return response
 
 
-def _ready_to_resend(response: requests.Response) -> tuple[requests.PreparedRequest, Any] | str:
-    """A copy of the request, rewound, and the adapter to send it on; or why it cannot be."""
-    request = response.request
-    problem = unreplayable_body(request)
-    if problem is not None:
-        return problem
-    connection = getattr(response, "connection", None)
-    if connection is None:
-        return "there is no connection to send it on"
-    # Release the 401's connection first: with a one-connection pool the replay needs it.
-    response.content  # noqa: B018
-    response.close()
-    try:
-        return _copy_for_replay(request, response), connection
-    except OSError as exc:
-        return f"rewinding its body failed ({type(exc).__name__})"
-
-
-def _skip(
-    request: requests.PreparedRequest, problem: str, drop_rejected: Callable[[], None]
-) -> None:
-    drop_rejected()
-    warn_replay_skipped(request.method or "", request.url or "", problem)
-
-
 def warn_replay_skipped(method: str, url: str, problem: str) -> None:
     """Log and warn (``ReplaySkippedWarning``) that a 401'd request was not resent, and why.
 
@@ -218,15 +206,6 @@ def unreplayable_body(request: requests.PreparedRequest) -> str | None:
     return f"its {type(body).__name__} body cannot be rewound and resent"
 
 
-def _copy_for_replay(
-    request: requests.PreparedRequest, response: requests.Response
-) -> requests.PreparedRequest:
-    retry = request.copy()
-    _rewind(retry)
-    _add_cookies_set_by(response, retry)
-    return retry
-
-
 def _rewind(request: requests.PreparedRequest) -> None:
     body: Any = request.body
     if body is None or isinstance(body, (bytes, str)):
@@ -248,7 +227,3 @@ def _add_cookies_set_by(response: requests.Response, request: requests.PreparedR
     extract_cookies_to_jar(jar, response.request, response.raw)  # type: ignore[no-untyped-call]
     request.headers.pop("Cookie", None)
     request.prepare_cookies(jar)
-
-
-def _method_and_url(request: requests.PreparedRequest) -> str:
-    return f"{request.method} {safe_url(request.url or '')}"

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import TokenResponseError
 
@@ -42,39 +42,17 @@ _SAFE_TOKEN = re.compile(r"[\x21-\x7e]+")
 _MAX_KEYS_NAMED = 20
 
 
-class Token:
-    """An access token and when it stops working: an immutable value object.
+class Token(NamedTuple):
+    """An access token and when it stops working: an immutable value.
 
     ``expires_at`` and ``issued_at`` are absolute wall-clock epoch seconds.
-    ``repr()`` never shows the value. (Hand-written rather than a frozen
-    dataclass: importing ``dataclasses`` would cost more than the whole package.)
+    ``repr()`` never shows the value. A named tuple: equality, hashing, pickling
+    and construction run in C, with no ``dataclasses`` import at start-up.
     """
 
-    __slots__ = ("expires_at", "issued_at", "value")
     value: str
     expires_at: float
     issued_at: float
-
-    def __init__(self, value: str, expires_at: float, issued_at: float) -> None:
-        object.__setattr__(self, "value", value)
-        # floats always: a stored record must read back equal to the token it came from
-        object.__setattr__(self, "expires_at", float(expires_at))
-        object.__setattr__(self, "issued_at", float(issued_at))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    def _fields(self) -> tuple[str, float, float]:
-        return (self.value, self.expires_at, self.issued_at)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Token) and self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __reduce__(self) -> tuple[type[Token], tuple[str, float, float]]:
-        return (Token, self._fields())
 
     def __repr__(self) -> str:
         return f"Token(expires_at={self.expires_at!r}, issued_at={self.issued_at!r})"
@@ -156,22 +134,18 @@ def parse_token_payload(payload: object, *, now: float) -> Token:
         raise TokenResponseError(
             f"the token response is a JSON {type(payload).__name__}, not an object"
         )
-    source = _object_holding_token(payload)
-    if source is None:
-        found = _describe_keys(payload)
-        raise TokenResponseError(f"the token response has no access token; {found}")
-    value = check_token_value(_first_present(source, TOKEN_KEYS))
-    expires_at = _expiry(source, value, now=now)
-    return Token(value=value, expires_at=expires_at, issued_at=now)
-
-
-def _object_holding_token(payload: dict[str, Any]) -> dict[str, Any] | None:
-    if _first_present(payload, TOKEN_KEYS) is not None:
-        return payload
-    data = payload.get("data")
-    if isinstance(data, dict) and _first_present(data, TOKEN_KEYS) is not None:
-        return data
-    return None
+    source: Any = payload
+    for source in (payload, payload.get("data")):  # the object itself, or its data member
+        value = _first_present(source, TOKEN_KEYS) if isinstance(source, dict) else None
+        if value is not None:
+            break
+    else:
+        raise TokenResponseError(
+            f"the token response has no access token; {_describe_keys(payload)}"
+        )
+    value = check_token_value(value)
+    expires_at = min(_claimed_expiry(source, value, now=now), now + MAX_LIFETIME)
+    return Token(value, expires_at, now)
 
 
 def _first_present(source: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -191,12 +165,8 @@ def _describe_keys(payload: dict[str, Any]) -> str:
     return text
 
 
-def _expiry(source: dict[str, Any], token: str, *, now: float) -> float:
-    """The absolute expiry the response gives, at most :data:`MAX_LIFETIME` from ``now``."""
-    return min(_claimed_expiry(source, token, now=now), now + MAX_LIFETIME)
-
-
 def _claimed_expiry(source: dict[str, Any], token: str, *, now: float) -> float:
+    """The absolute expiry the response gives (the caller cuts it to :data:`MAX_LIFETIME`)."""
     for key in LIFETIME_KEYS:
         if source.get(key) is not None:
             return now + _positive_seconds(source[key], key)

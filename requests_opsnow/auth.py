@@ -1,31 +1,41 @@
 """OpsNowAuth: the requests auth plugin. It wires the token lifecycle into requests.
 
 The token's life (caching, early refresh, single flight, rejection) belongs to
-:mod:`requests_opsnow._lifecycle`, shared by every auth with the same key; the
-token request to :mod:`requests_opsnow._exchange`; the resend after a 401 to
-:mod:`requests_opsnow._replay`; where the token may go to
-:mod:`requests_opsnow._hosts`. The hot path (``__call__``) is a host lookup,
+:mod:`requests_opsnow._lifecycle`, shared by every auth with the same key, run
+here by the thread driver; the token request to the requests transport; the
+resend after a 401 to :mod:`requests_opsnow._replay`; where the token may go
+to :mod:`requests_opsnow._hosts`. The hot path (``__call__``) is a host lookup,
 an identity check, a clock read, a header and a hook.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 import requests
 from requests.auth import AuthBase
 
 from . import _clock
-from ._config import DEFAULT_MAX_RETRIES, DEFAULT_REFRESH_MARGIN, TOKEN_TIMEOUT
-from ._core import AuthCore, check_cleartext
-from ._exchange_requests import SendSettings, fetch_token
-from ._hosts import Decision
-from ._lifecycle import Cancellation, HeldToken
-from ._replay import inert_hook, passes_through, replay_with
+from ._core import AuthCore
+from ._driver_sync import run
+from ._hosts import Decision, check_cleartext, route
+from ._lifecycle import HeldToken
+from ._replay import (
+    inert_hook,
+    is_replay,
+    passes_through,
+    prepare_replay,
+    resend,
+    warn_replay_skipped,
+)
 from ._token import Token
-from .cache import TokenCache
+from ._transport_requests import RequestsTransport, SendSettings
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._config import AuthOptions
 
 
 class OpsNowAuth(AuthCore, AuthBase):
@@ -37,47 +47,30 @@ class OpsNowAuth(AuthCore, AuthBase):
     README for every option; ``None`` always means "the default".
     """
 
-    _runtime_fields = (*AuthCore._runtime_fields, "_attached", "_fetch", "_settings_session")
+    _runtime_fields = (*AuthCore._runtime_fields, "_attached")
     _kept_across_fork = _runtime_fields  # the lifecycle resets itself in a child
+    _transport: RequestsTransport
 
     def __init__(
         self,
         api_key: str | None = None,
         *,
-        base_url: str | None = None,
-        token_url: str | None = None,
-        refresh_margin: float | None = DEFAULT_REFRESH_MARGIN,
-        timeout: float | tuple[float, float] | None = TOKEN_TIMEOUT,
-        max_retries: int | None = DEFAULT_MAX_RETRIES,
-        allowed_hosts: Iterable[str] | None = None,
-        cache: TokenCache | None = None,
-        profile: str | None = None,
         session: requests.Session | None = None,
         verify: bool | str | None = None,
         cert: str | tuple[str, str] | None = None,
         proxies: Mapping[str, str] | None = None,
+        **options: Unpack[AuthOptions],
     ) -> None:
         self._session = session
         self._send_settings = SendSettings(verify=verify, cert=cert, proxies=proxies)
-        super().__init__(
-            api_key,
-            base_url=base_url,
-            token_url=token_url,
-            refresh_margin=refresh_margin,
-            timeout=timeout,
-            max_retries=max_retries,
-            allowed_hosts=allowed_hosts,
-            cache=cache,
-            profile=profile,
-        )
+        super().__init__(api_key, **options)
 
     def _new_runtime_state(self) -> None:
         super()._new_runtime_state()
         self._attached = _NOTHING_ATTACHED
-        self._fetch = _Fetch(self)
-        # Set by an OpsNowSession that built this auth: its verify, cert, proxies and
-        # trust_env (read at each fetch, so later changes count) apply to token requests.
-        self._settings_session: Callable[[], requests.Session | None] = _no_session
+
+    def _new_transport(self) -> RequestsTransport:
+        return RequestsTransport(self._endpoint, self._api_key, self._session, self._send_settings)
 
     # -- the hot path -------------------------------------------------------------
 
@@ -89,7 +82,9 @@ class OpsNowAuth(AuthCore, AuthBase):
             check_cleartext(r.url or "", decision, r)
         attached = self._attached
         if attached.held is not self._lifecycle.held or _clock.now() >= attached.refresh_at:
-            attached = self._attach(self._lifecycle.usable(self._fetch))
+            attached = self._attach(
+                run(self._lifecycle.obtain(self._endpoint.bound), self._transport)
+            )
         r.headers["Authorization"] = attached.header
         r.hooks["response"].append(attached.hook)
         return r
@@ -113,9 +108,15 @@ class OpsNowAuth(AuthCore, AuthBase):
         returning it while a background thread refreshes it: for short-lived
         processes (the ``opsnow`` command) that would exit before that thread is done.
         """
-        lifecycle = self._lifecycle
-        held = lifecycle.fresh(self._fetch) if fresh else lifecycle.usable(self._fetch)
-        return held.token
+        lifecycle, bound = self._lifecycle, self._endpoint.bound
+        flow = lifecycle.fresh(bound) if fresh else lifecycle.obtain(bound)
+        return run(flow, self._transport).token
+
+    def follow_settings_of(self, session: requests.Session) -> None:
+        """Send token requests with ``session``'s verify, cert, proxies and trust_env, read
+        at each fetch (an ``OpsNowSession`` does this with the auth it builds); options
+        given to this auth still win. The first live session to ask keeps it."""
+        self._transport.follow(session)
 
     def close(self) -> None:
         """Nothing to close: a token request's connection lives only as long as the fetch.
@@ -123,70 +124,30 @@ class OpsNowAuth(AuthCore, AuthBase):
         Kept so that code written for earlier versions (and ``with`` blocks) keep working.
         """
 
-    # -- the token request ----------------------------------------------------------
-
-    def _follow_session_settings(self, session: requests.Session) -> None:
-        """Send token requests with ``session``'s verify, cert, proxies and trust_env.
-
-        Only if no other live session already set this auth's settings (a shallow
-        copy of that session shares this very auth object).
-        """
-        if self._settings_session() is None:
-            self._settings_session = weakref.ref(session)
-
-    def _current_send_settings(self) -> SendSettings:
-        session = self._settings_session()
-        if session is None:
-            return self._send_settings
-        own = self._send_settings
-        return SendSettings(
-            verify=own.verify if own.verify is not None else session.verify,
-            cert=own.cert if own.cert is not None else session.cert,
-            proxies={**session.proxies, **(own.proxies or {})},
-            trust_env=session.trust_env,
-        )
-
-    def _fetch_token(self, cancellation: Cancellation) -> Token:
-        return fetch_token(
-            self._endpoint,
-            self._api_key,
-            self._session,
-            self._current_send_settings(),
-            cancellation,
-        )
-
     # -- the 401 handler ----------------------------------------------------------
 
     def _on_401(
         self, sent: HeldToken, response: requests.Response, send_options: dict[str, Any]
     ) -> requests.Response:
-        # Only a response to a request that really carried this token: after a
-        # cross-origin redirect requests has stripped it, and we never put it back.
-        if response.request.headers.get("Authorization") != sent.header:
+        request = response.request
+        # Only a response to a request that really carried this token (after a cross-origin
+        # redirect requests has stripped it, and we never put it back), and only once.
+        if request.headers.get("Authorization") != sent.header or is_replay(request):
             return response
-        lifecycle = self._lifecycle
-
-        def new_header() -> str | None:
-            replacement = lifecycle.replacement_for(sent.token, self._fetch)
-            return replacement.header if replacement is not None else None
-
-        return replay_with(response, new_header, lambda: lifecycle.reject(sent.token), send_options)
-
-
-class _Fetch:
-    """The lifecycle's way to get a token with one auth's endpoint, session and settings."""
-
-    __slots__ = ("_auth",)
-
-    def __init__(self, auth: OpsNowAuth) -> None:
-        self._auth = auth
-
-    @property
-    def bound(self) -> float:
-        return self._auth._endpoint.bound
-
-    def __call__(self, cancellation: Cancellation) -> Token:
-        return self._auth._fetch_token(cancellation)
+        ready = prepare_replay(response)
+        lifecycle, transport = self._lifecycle, self._transport
+        if isinstance(ready, str):
+            run(lifecycle.reject(sent.token), transport)
+            warn_replay_skipped(request.method or "", request.url or "", ready)
+            return response
+        where = route(request.method or "", request.url or "")
+        replacement = run(lifecycle.after_401(self._endpoint.bound, sent.token, where), transport)
+        if replacement is None:
+            return response
+        replayed = resend(response, *ready, replacement.header, send_options)
+        if replayed.status_code == 401:
+            lifecycle.refused(where, replacement.token)
+        return replayed
 
 
 class _ReplayHook:
@@ -226,7 +187,3 @@ class _Attached:
 
 _NOTHING_ATTACHED = _Attached(None, passes_through)
 """Before the first request: never current, so the first call asks the lifecycle."""
-
-
-def _no_session() -> None:
-    return None

@@ -93,7 +93,7 @@ class FileTokenCache(RuntimeState):
         return f"{type(self).__name__}({str(self.directory)!r})"
 
     @property
-    def _place(self) -> tuple[str, str] | None:
+    def place(self) -> tuple[str, str] | None:
         """The folder: auths whose caches name the same folder share one token lifecycle."""
         return ("file", os.path.abspath(self.directory)) if self.directory is not None else None
 

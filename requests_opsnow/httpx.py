@@ -2,18 +2,20 @@
 
 The same token lifecycle as the requests plugin (``docs/design.md``, "Async"):
 a requests ``OpsNowAuth``, a sync httpx client and an async one with the same
-key share one token, one token request at a time and one early refresh. In
-async code nothing blocks the event loop: the token request goes through
-httpx's async client (in a task nobody awaits), waiters sleep rather than
-lock, and a shared store is read and written in a worker thread.
+key share one token, one token request at a time and one early refresh. The
+auth flow is written once (:meth:`OpsNowAuth._flow`); httpx's sync and async
+flows only drive it, the thread driver or the coroutine driver doing the
+lifecycle's effects. In async code nothing blocks the event loop.
 
 Needs the ``httpx`` extra: ``pip install 'requests-opsnow[httpx]'``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import AsyncGenerator, Generator, Iterable
+from collections.abc import AsyncGenerator, Generator
+from typing import TYPE_CHECKING, Any
 
 try:
     import httpx
@@ -22,14 +24,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "requests_opsnow.httpx needs httpx: pip install 'requests-opsnow[httpx]'"
     ) from exc
 
-from . import _lifecycle_async
-from ._config import DEFAULT_MAX_RETRIES, DEFAULT_REFRESH_MARGIN, TOKEN_TIMEOUT
+from . import _clock, _driver_async, _driver_sync
 from ._core import AuthCore
-from ._exchange_httpx import ClientSettings, fetch_token, fetch_token_async
-from ._lifecycle import Cancellation, Fetch, HeldToken
+from ._hosts import route
+from ._lifecycle import Done, HeldToken
 from ._replay import warn_replay_skipped
-from ._token import Token
-from .cache import TokenCache
+from ._transport_httpx import ClientSettings, HttpxTransport
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._config import AuthOptions
 
 __all__ = ["OpsNowAuth"]
 
@@ -45,97 +50,83 @@ class OpsNowAuth(AuthCore, httpx.Auth):
 
     requires_request_body = False  # a streaming upload stays a stream; it is not resent
     requires_response_body = False
-    _runtime_fields = (*AuthCore._runtime_fields, "_fetch")
-    _kept_across_fork = _runtime_fields
+    _transport: HttpxTransport
 
     def __init__(
         self,
         api_key: str | None = None,
         *,
-        base_url: str | None = None,
-        token_url: str | None = None,
-        refresh_margin: float | None = DEFAULT_REFRESH_MARGIN,
-        timeout: float | tuple[float, float] | None = TOKEN_TIMEOUT,
-        max_retries: int | None = DEFAULT_MAX_RETRIES,
-        allowed_hosts: Iterable[str] | None = None,
-        cache: TokenCache | None = None,
-        profile: str | None = None,
         verify: bool | str | ssl.SSLContext | None = None,
         cert: str | tuple[str, str] | None = None,
         proxy: str | None = None,
         trust_env: bool = True,
+        **options: Unpack[AuthOptions],
     ) -> None:
         self._settings = ClientSettings(verify=verify, cert=cert, proxy=proxy, trust_env=trust_env)
-        super().__init__(
-            api_key,
-            base_url=base_url,
-            token_url=token_url,
-            refresh_margin=refresh_margin,
-            timeout=timeout,
-            max_retries=max_retries,
-            allowed_hosts=allowed_hosts,
-            cache=cache,
-            profile=profile,
-        )
+        super().__init__(api_key, **options)
 
-    def _new_runtime_state(self) -> None:
-        super()._new_runtime_state()
-        self._fetch = _HttpxFetch(self)
+    def _new_transport(self) -> HttpxTransport:
+        return HttpxTransport(self._endpoint, self._api_key, self._settings)
 
-    # -- httpx's auth flows -----------------------------------------------------------
+    # -- the auth flow, once, and httpx's two drivers of it -------------------------------
 
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+    def _flow(self, request: httpx.Request) -> Generator[Any, Any, None]:
+        """Yields httpx requests (sent back their responses) and the lifecycle's effects."""
         if not self._gets_token(str(request.url)):
             yield request
             return
-        held = self._lifecycle.usable(self._fetch.blocking)
+        lifecycle, bound = self._lifecycle, self._endpoint.bound
+        held = lifecycle.held
+        if held is None or _clock.now() >= held.refresh_at:
+            held = yield from lifecycle.obtain(bound)
         request.headers["Authorization"] = held.header
         response = yield request
         if not _rejected(response, held):
             return
         if not _resendable(request):
-            self._lifecycle.reject(held.token)
+            yield from lifecycle.reject(held.token)
             warn_replay_skipped(request.method, str(request.url), _STREAMING)
             return
-        replacement = self._lifecycle.replacement_for(held.token, self._fetch.blocking)
+        where = route(request.method, str(request.url))
+        replacement = yield from lifecycle.after_401(bound, held.token, where)
         if replacement is not None:
-            yield _copy_with(request, replacement.header)
+            response = yield _copy_with(request, replacement.header)
+            if response.status_code == 401:
+                lifecycle.refused(where, replacement.token)
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        flow, drive = self._flow(request), _driver_sync.drive
+        with contextlib.closing(flow):
+            item = drive(flow, self._transport)
+            while not isinstance(item, Done):
+                item = drive(flow, self._transport, (yield item))
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        if not self._gets_token(str(request.url)):
-            yield request
-            return
-        held = await _lifecycle_async.usable(self._lifecycle, self._fetch)
-        request.headers["Authorization"] = held.header
-        response = yield request
-        if not _rejected(response, held):
-            return
-        if not _resendable(request):
-            await _lifecycle_async.reject(self._lifecycle, held.token)
-            warn_replay_skipped(request.method, str(request.url), _STREAMING)
-            return
-        replacement = await _lifecycle_async.replacement_for(
-            self._lifecycle, held.token, self._fetch
-        )
-        if replacement is not None:
-            yield _copy_with(request, replacement.header)
+        flow, drive = self._flow(request), _driver_async.drive
+        with contextlib.closing(flow):
+            item = await drive(flow, self._transport)
+            while not isinstance(item, Done):
+                item = await drive(flow, self._transport, (yield item))
 
     # -- public helpers -----------------------------------------------------------------
 
     def get_token(self) -> str:
         """A valid access token, fetched if needed (blocking)."""
-        return self._lifecycle.usable(self._fetch.blocking).token.value
+        return _driver_sync.run(
+            self._lifecycle.obtain(self._endpoint.bound), self._transport
+        ).token.value
 
     async def aget_token(self) -> str:
         """A valid access token, fetched if needed, without blocking the event loop."""
-        return (await _lifecycle_async.usable(self._lifecycle, self._fetch)).token.value
+        flow = self._lifecycle.obtain(self._endpoint.bound)
+        return (await _driver_async.run(flow, self._transport)).token.value
 
     async def ainvalidate(self) -> None:
         """:meth:`invalidate` without blocking the event loop (a shared store is asked in a
         worker thread)."""
-        await _lifecycle_async.invalidate(self._lifecycle)
+        await _driver_async.run(self._lifecycle.invalidate(), self._transport)
 
 
 _STREAMING = "its body is a stream that cannot be sent again"
@@ -170,36 +161,3 @@ def _copy_with(request: httpx.Request, header: str) -> httpx.Request:
         content=request.content,
         extensions=request.extensions,
     )
-
-
-class _HttpxFetch:
-    """The lifecycle's way to get a token over httpx: async, and blocking for threads."""
-
-    __slots__ = ("_auth", "blocking")
-
-    def __init__(self, auth: OpsNowAuth) -> None:
-        self._auth = auth
-        self.blocking: Fetch = _BlockingFetch(auth)
-
-    @property
-    def bound(self) -> float:
-        return self._auth._endpoint.bound
-
-    async def __call__(self, cancellation: Cancellation) -> Token:
-        auth = self._auth
-        return await fetch_token_async(auth._endpoint, auth._api_key, auth._settings, cancellation)
-
-
-class _BlockingFetch:
-    __slots__ = ("_auth",)
-
-    def __init__(self, auth: OpsNowAuth) -> None:
-        self._auth = auth
-
-    @property
-    def bound(self) -> float:
-        return self._auth._endpoint.bound
-
-    def __call__(self, cancellation: Cancellation) -> Token:
-        auth = self._auth
-        return fetch_token(auth._endpoint, auth._api_key, auth._settings, cancellation)

@@ -50,8 +50,8 @@ from urllib3.util.retry import Retry
 
 from . import _clock
 from ._config import API_TIMEOUT, resolve_base_url
-from ._error_body import read_error_body, reason_phrase
 from ._hosts import safe_place, safe_url
+from ._protocol import read_error_body, reason_phrase
 from ._replay import unreplayable_body
 from ._version import __version__
 from .auth import OpsNowAuth
@@ -60,9 +60,11 @@ from .errors import OpsNowAPIError, OpsNowAuthError
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from typing_extensions import Self
+    from typing_extensions import Self, Unpack
     from urllib3.connectionpool import ConnectionPool
     from urllib3.response import BaseHTTPResponse
+
+    from ._config import AuthOptions
 
 __all__ = ["OpsNowSession", "raise_for_opsnow_error"]
 
@@ -197,9 +199,10 @@ class _RetryingAdapter(HTTPAdapter):
 class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt is untyped
     """A ``requests.Session`` for the OpsNow API; see the module docstring.
 
-    ``auth`` is used as given (then ``api_key`` and OpsNowAuth options must not
-    be); otherwise an :class:`OpsNowAuth` is built from ``api_key``,
-    ``base_url`` and ``auth_options``. ``base_url`` defaults to the auth's.
+    ``auth`` is used as given (then ``api_key`` and OpsNowAuth options other than
+    ``base_url`` must not be); otherwise an :class:`OpsNowAuth` is built from
+    ``api_key`` and the options (``AuthOptions``, declared once for every auth).
+    ``base_url`` defaults to the auth's.
     ``retries``: ``None`` for the default policy, an int for that many
     retries under it (``0``: none), or a urllib3 ``Retry`` used as given.
     ``close()`` also closes an OpsNowAuth the session built itself.
@@ -213,20 +216,20 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         self,
         api_key: str | None = None,
         *,
-        base_url: str | None = None,
         auth: OpsNowAuth | None = None,
         retries: int | Retry | None = None,
         verify: bool | str | None = None,
         cert: str | tuple[str, str] | None = None,
         proxies: Mapping[str, str] | None = None,
-        **auth_options: Any,
+        **options: Unpack[AuthOptions],
     ) -> None:
-        if auth is not None and (api_key is not None or auth_options):
+        base_url = options.get("base_url")
+        if auth is not None and (api_key is not None or set(options) - {"base_url"}):
             raise TypeError("give auth= or api_key= and OpsNowAuth options, not both")
         retry = _retry_policy(retries)
         own_auth = None
         if auth is None:
-            auth = own_auth = OpsNowAuth(api_key, base_url=base_url, **auth_options)
+            auth = own_auth = OpsNowAuth(api_key, **options)
         root = auth.base_url if base_url is None else resolve_base_url(base_url)
         super().__init__(base_url=root + "/")
         self.auth = auth
@@ -248,7 +251,7 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         # verify, cert, proxies and trust_env, as they are at each fetch. A shallow copy
         # of the session shares that auth: it keeps following the original.
         if self._own_auth is not None:
-            self._own_auth._follow_session_settings(self)
+            self._own_auth.follow_settings_of(self)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -383,7 +386,11 @@ def _api_error(response: requests.Response) -> tuple[str, int | str, str]:
     code: int | str = status if body.code is None else body.code
     if isinstance(code, str):
         code = _one_line(code, response)
-    message = body.message if body.message is not None else reason_phrase(response)
+    message = (
+        body.message
+        if body.message is not None
+        else reason_phrase(response.reason, response.status_code)
+    )
     message = _one_line(message, response)
     request: requests.PreparedRequest | None = getattr(response, "request", None)
     method = request.method if request is not None else None

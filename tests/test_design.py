@@ -13,8 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "requests_opsnow"
 DESIGN = ROOT / "docs" / "design.md"
 
-CLIENT_AGNOSTIC = ("_lifecycle", "_lifecycle_async", "_exchange", "_runtime", "_token", "cache")
-"""Modules a second HTTP client builds on: they import neither requests nor httpx."""
+CLIENT_AGNOSTIC = (
+    "_lifecycle", "_driver_sync", "_driver_async", "_protocol", "_runtime", "_token", "cache",
+)  # fmt: skip
+"""Modules a second HTTP client builds on: they import neither requests nor httpx (the
+protocol reads ``Retry-After`` with urllib3's parser; nothing else imports urllib3)."""
+
+ONE_FLOW = ("_lifecycle", "_protocol", "_core", "auth", "_replay", "_token", "_hosts")
+"""Modules that hold the rules: they neither start threads nor await (``docs/design.md``,
+"Token lifecycle": only the two drivers know threads from coroutines)."""
 
 
 def modules() -> dict[str, ast.Module]:
@@ -69,11 +76,53 @@ def test_modules_import_each_other_without_a_cycle() -> None:
         visit(name)
 
 
-def test_the_lifecycle_and_the_exchange_policy_know_no_http_client() -> None:
+def test_the_lifecycle_and_the_protocol_know_no_http_client() -> None:
     trees = modules()
     for name in CLIENT_AGNOSTIC:
         outside = top_level_imports(trees[name])[1]
-        assert not outside & {"requests", "httpx", "urllib3"}, name
+        assert not outside & {"requests", "httpx"}, name
+        assert "urllib3" not in outside or name == "_protocol", name
+
+
+def test_the_rules_neither_start_threads_nor_await() -> None:
+    trees = modules()
+    for name in ONE_FLOW:
+        for node in ast.walk(trees[name]):
+            assert not isinstance(node, (ast.AsyncFunctionDef, ast.Await)), name
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in ("Thread", "to_thread", "create_task"), name
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                imported = {alias.name for alias in node.names} | {getattr(node, "module", "")}
+                assert not imported & {"asyncio", "anyio", "trio"}, name
+
+
+def private_names(tree: ast.Module) -> set[str]:
+    """The private names a module defines: functions, classes, variables, attributes."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+    return {name for name in names if name.startswith("_") and not name.endswith("__")}
+
+
+def test_no_module_reaches_into_another_modules_private_members() -> None:
+    trees = modules()
+    defined = {name: private_names(tree) for name, tree in trees.items()}
+    offences: list[str] = []
+    for name, tree in trees.items():
+        theirs = set().union(*(defined[other] for other in trees if other != name)) - defined[name]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                offences += [f"{name}: imports {a.name}" for a in node.names if a.name in theirs]
+            elif isinstance(node, ast.Attribute) and node.attr in theirs:
+                owner = node.value
+                if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                    offences.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert offences == []
 
 
 def test_no_file_cites_a_document_outside_the_repository() -> None:

@@ -6,10 +6,12 @@ nothing blocks the event loop; cancellation never strands the others.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Callable
 
 import anyio
 import httpx
@@ -18,11 +20,12 @@ import requests
 import respx
 
 import requests_opsnow
-from requests_opsnow import ReplaySkippedWarning, TokenRequestError, _lifecycle_async
+from requests_opsnow import ReplaySkippedWarning, TokenRequestError, _driver_async
+from requests_opsnow._transport_httpx import HttpxTransport
 from requests_opsnow.httpx import OpsNowAuth
 from requests_opsnow.testing import FakeOpsNow
 
-from .helpers import COMPANIES, bearer, wait_until
+from .helpers import COMPANIES, FakeClock, bearer, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,15 +148,15 @@ async def test_a_coroutine_waiting_on_a_thread_s_fetch_is_woken_when_it_lands(
 ) -> None:
     # Its liveness check would come only after 60 s: only the flight's wake-up,
     # sent from the thread that lands it, can end the wait within the 10 s.
-    monkeypatch.setattr(_lifecycle_async, "LIVENESS_POLL", 60.0)
+    monkeypatch.setattr(_driver_async, "LIVENESS_POLL", 60.0)
     waiting = threading.Event()
-    wake_up_call = _lifecycle_async._wake_up_call
+    wake_up_call = _driver_async._wake_up_call
 
     def spied_wake_up_call() -> object:
         waiting.set()
         return wake_up_call()
 
-    monkeypatch.setattr(_lifecycle_async, "_wake_up_call", spied_wake_up_call)
+    monkeypatch.setattr(_driver_async, "_wake_up_call", spied_wake_up_call)
     fake.hold_token_requests()
     threaded = requests_opsnow.OpsNowAuth(fake.api_key, base_url=fake.base_url)
     tokens: list[str] = []
@@ -223,22 +226,100 @@ async def test_a_bug_in_an_async_fetch_reaches_every_waiter_from_one_flight(
         await anyio.sleep(0.05)  # the others arrive and wait for this flight
         raise RuntimeError("a bug in the fetch")
 
-    monkeypatch.setattr(requests_opsnow.httpx, "fetch_token_async", broken_fetch)
+    monkeypatch.setattr(HttpxTransport, "fetch_async", broken_fetch)
     auth = auth_for(fake)
     errors: list[BaseException] = []
 
     async def one() -> None:
         try:
             await auth.aget_token()
-        except RuntimeError as error:
+        except TokenRequestError as error:  # the documented error, caused by the bug
             errors.append(error)
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
             for _ in range(5):
                 group.start_soon(one)
-    assert [str(error) for error in errors] == ["a bug in the fetch"] * 5
+    assert [str(error) for error in errors] == ["the token request failed: RuntimeError"] * 5
+    assert [str(error.__cause__) for error in errors] == ["a bug in the fetch"] * 5
     assert calls == [1]
+
+
+# -- flights whose event loop is gone ("Async") ---------------------------------------------------
+
+
+def get_in_a_loop_of_its_own(
+    auth: OpsNowAuth, url: str, *, linger: Callable[[], bool] | None = None
+) -> int:
+    """The common sync wrapper: a new event loop per call, closed with its tasks pending
+    (``linger``: it runs on until that is true, as a loop with other work would)."""
+    loop = asyncio.new_event_loop()
+
+    async def get() -> int:
+        async with httpx.AsyncClient(auth=auth, timeout=10) as client:
+            status = (await client.get(url)).status_code
+        with anyio.fail_after(5):
+            while linger is not None and not linger():
+                await asyncio.sleep(0.01)
+        return status
+
+    try:
+        return loop.run_until_complete(get())
+    finally:
+        loop.close()
+
+
+def test_a_refresh_stranded_on_a_closed_loop_is_replaced_on_the_next_call(
+    fake: FakeOpsNow, clock: FakeClock
+) -> None:
+    auth = auth_for(fake)
+    url = fake.base_url + COMPANIES
+    assert get_in_a_loop_of_its_own(auth, url) == 200
+    clock.advance(3600 - 200)  # due: the next call starts an early refresh in a task
+    fake.hold_token_requests()
+    try:
+        # The refresh's request reaches the server; then the loop closes, the task pending.
+        assert get_in_a_loop_of_its_own(auth, url, linger=lambda: fake.token_requests == 2) == 200
+    finally:
+        fake.release_token_requests()
+    clock.advance(200)  # expired: nothing may wait for the stranded refresh
+    statuses = [get_in_a_loop_of_its_own(auth, url) for _ in range(3)]
+    threaded = requests_opsnow.OpsNowAuth(fake.api_key, base_url=fake.base_url)
+    assert statuses == [200] * 3
+    assert threaded.get_token() == fake.issued_tokens[-1]  # and a thread gets the same token
+    assert fake.token_requests == 3
+    assert {bearer(r) for r in fake.api_requests[-3:]} == {fake.issued_tokens[-1]}
+
+
+def test_a_fetch_left_on_an_idle_loop_by_a_timed_out_caller_is_replaced(fake: FakeOpsNow) -> None:
+    auth = auth_for(fake)
+    loop = asyncio.new_event_loop()
+    fake.hold_token_requests()
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            loop.run_until_complete(asyncio.wait_for(auth.aget_token(), 0.5))
+        fake.release_token_requests()
+        # The flight's task waits on a loop nobody runs any more: a thread must not wait for it.
+        token = auth.get_token()
+    finally:
+        fake.release_token_requests()
+        loop.close()
+    assert token == fake.issued_tokens[-1]
+    assert fake.token_requests == 2
+
+
+@pytest.mark.anyio
+async def test_a_token_revoked_again_soon_after_a_replay_is_replaced_again(
+    fake: FakeOpsNow,
+) -> None:
+    async with httpx.AsyncClient(auth=auth_for(fake), timeout=10) as client:
+        await client.get(fake.base_url + COMPANIES)
+        for _ in range(2):
+            fake.revoke_tokens()
+            response = await client.get(fake.base_url + COMPANIES)
+            assert response.status_code == 200
+            assert [r.status_code for r in response.history] == [401]
+    assert fake.token_requests == 3
 
 
 @pytest.mark.anyio

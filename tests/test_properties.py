@@ -24,10 +24,9 @@ from requests_opsnow import (
     TokenResponseError,
     raise_for_opsnow_error,
 )
-from requests_opsnow._error_body import read_error_body
-from requests_opsnow._exchange import _retry_after
 from requests_opsnow._hosts import Decision, host_policy, safe_place
 from requests_opsnow._lifecycle import Cancellation
+from requests_opsnow._protocol import read_error_body, retry_after
 from requests_opsnow._token import (
     MAX_LIFETIME,
     MAX_TOKEN_LENGTH,
@@ -103,8 +102,8 @@ def test_a_valid_token_response_round_trips(token: str, lifetime: float, under_d
 def test_any_token_endpoint_answer_raises_only_documented_errors(
     status: int, body: bytes, content_type: str, retry_after: str | None
 ) -> None:
-    from requests_opsnow._exchange import TokenEndpoint
-    from requests_opsnow._exchange_requests import SendSettings, fetch_token
+    from requests_opsnow._protocol import TokenEndpoint
+    from requests_opsnow._transport_requests import RequestsTransport, SendSettings
 
     key = "key-" + SECRET
     headers = {"Retry-After": retry_after} if retry_after and retry_after.isprintable() else {}
@@ -115,7 +114,7 @@ def test_any_token_endpoint_answer_raises_only_documented_errors(
         )  # fmt: skip
         endpoint = TokenEndpoint(TOKEN_URL, 5.0, 0)
         try:
-            token = fetch_token(endpoint, key, None, SendSettings(), Cancellation())
+            token = RequestsTransport(endpoint, key, None, SendSettings())(Cancellation())
         except (InvalidApiKeyError, TokenRequestError, TokenResponseError) as error:
             message = str(error)
         else:
@@ -157,9 +156,7 @@ def test_a_valid_record_round_trips(value: str, issued: float, lifetime: float) 
 
 @given(st.text(max_size=60))
 def test_retry_after_is_none_or_a_finite_wait(value: str) -> None:
-    response = requests.Response()
-    response.headers["Retry-After"] = value
-    wait = _retry_after(response)
+    wait = retry_after({"Retry-After": value})
     assert wait is None or (math.isfinite(wait) and wait >= 0)
 
 

@@ -18,7 +18,8 @@ import requests_opsnow
 from requests_opsnow import FileTokenCache, MemoryTokenCache, OpsNowAuth, RedisTokenCache
 from requests_opsnow._config import _StoresByPlace
 from requests_opsnow._core import AuthCore
-from requests_opsnow._lifecycle import TokenLifecycle, _Registry, _Watchdog
+from requests_opsnow._driver_sync import _Watchdog
+from requests_opsnow._lifecycle import TokenLifecycle, _Registry
 from requests_opsnow._profiles import _Files, _Keys
 from requests_opsnow._runtime import RuntimeState
 from requests_opsnow.httpx import OpsNowAuth as HttpxOpsNowAuth

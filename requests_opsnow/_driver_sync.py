@@ -1,0 +1,216 @@
+"""The thread driver: runs the lifecycle's flows in the calling thread.
+
+With ``_driver_async`` the only code that knows threads from coroutines
+(``docs/design.md``, "Token lifecycle"). It does each effect a flow yields:
+
+- ``Fly``: the leader runs the flight in its own thread, not in a new one (a
+  caller may hold locks the fetch needs: requests-mock holds one around every
+  send); an early refresh runs in a short-lived daemon thread;
+- ``Wait``: on the flight's latch, checking every ``LIVENESS_POLL`` that it has
+  not stalled;
+- ``Fetch``: with the transport, under the watchdog, which stops a fetch at its
+  flight's deadline (a read timeout applies to each read, so a server
+  trickling its answer could otherwise hold it forever);
+- ``Io``: in place.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import logging
+import threading
+from collections.abc import Generator
+from typing import Any, Callable, Protocol, TypeVar, cast
+
+from . import _clock
+from ._lifecycle import (
+    EFFECTS,
+    LIVENESS_POLL,
+    Cancellation,
+    Done,
+    Fetch,
+    Flight,
+    Flow,
+    Fly,
+    Io,
+    Wait,
+)
+from ._runtime import RuntimeState
+from ._token import Token
+
+log = logging.getLogger("requests_opsnow")
+
+T = TypeVar("T")
+
+WATCHDOG_IDLE = 10.0
+"""Seconds the watchdog thread lingers with no fetch to watch before it ends."""
+
+
+class Transport(Protocol):
+    """Exchanges the key for a token, blocking (an ``OpsNowAuthError`` on failure)."""
+
+    def __call__(self, cancellation: Cancellation) -> Token:
+        """Fetch; stop early (raising) once ``cancellation`` is cancelled."""
+
+
+def run(flow: Flow[T], transport: Transport) -> T:
+    """Drive ``flow`` to its end in this thread; its value."""
+    try:
+        done = drive(flow, transport)
+    finally:
+        flow.close()
+    return cast(T, cast(Done, done).value)
+
+
+def drive(flow: Generator[Any, Any, Any], transport: Transport, reply: Any = None) -> Any:
+    """Send ``reply`` into ``flow`` and do the effects it yields, until it yields something
+    else (an httpx request, returned) or ends (:class:`Done`, returned)."""
+    try:
+        item = flow.send(reply)
+        while isinstance(item, EFFECTS):
+            outcome: Any = None
+            try:  # each effect, the thread's way (in line: this is the cold path's spine)
+                if isinstance(item, Fly) and item.flight.early:
+                    _detach(item, transport)
+                elif isinstance(item, Fly):
+                    outcome = True  # the leader flies it itself, in its own thread
+                elif isinstance(item, Wait) and not item.flight.landed:
+                    _wait(item.flight)
+                elif isinstance(item, Fetch):
+                    outcome = fetch(item, transport)
+                elif isinstance(item, Io):
+                    outcome = item.call()
+            except BaseException as error:  # noqa: BLE001 - the flow decides what it means
+                item = flow.throw(error)
+            else:
+                item = flow.send(outcome)
+    except StopIteration as end:
+        return Done(end.value)
+    return item
+
+
+def _wait(flight: Flight) -> None:
+    while not flight.landed:
+        if flight.latch.acquire(timeout=LIVENESS_POLL):
+            flight.latch.release()  # and the next waiter goes through too
+        elif flight.stalled(_clock.monotonic()):
+            return
+
+
+def fetch(effect: Fetch, transport: Transport) -> Token:
+    """A fetch under the watchdog (also for coroutines, in a worker thread, with a store)."""
+    flight = effect.flight
+    unwatch = _watchdog.watch(flight.deadline, flight.cancellation)
+    try:
+        if effect.locked is None:
+            return transport(flight.cancellation)
+        return effect.locked(transport, flight)
+    finally:
+        unwatch()
+
+
+def _detach(effect: Fly, transport: Transport) -> None:
+    """An early refresh: its flight's flow in a short-lived daemon thread."""
+    worker = threading.Thread(
+        target=_unattended,
+        args=(effect.flow, transport),
+        name="requests-opsnow-refresh",
+        daemon=True,
+    )
+    try:
+        worker.start()
+    except RuntimeError:  # no new threads at interpreter shutdown: the flight is abandoned
+        log.debug("could not start the token refresh thread", exc_info=True)
+
+
+def _unattended(flow: Flow[None], transport: Transport) -> None:
+    try:
+        run(flow, transport)
+    except Exception:  # the flight has landed with it: nobody to raise it to
+        log.debug("early token refresh failed", exc_info=True)
+
+
+class _Watchdog(RuntimeState):
+    """Cancels fetches that outlive their bound, from one thread for the whole process.
+
+    The thread starts when a fetch is watched and ends after :data:`WATCHDOG_IDLE`
+    seconds with nothing to watch, so an idle process has no such thread.
+    """
+
+    _runtime_fields = ("_lock", "_changed", "_watched", "_running", "_started_at")
+
+    def __init__(self) -> None:
+        self._start_runtime()
+
+    def _new_runtime_state(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._watched: list[tuple[float, int, Cancellation]] = []  # a heap by deadline
+        self._running = False  # set by the thread itself, under the lock
+        self._started_at = float("-inf")
+
+    def watch(self, deadline: float, cancellation: Cancellation) -> Callable[[], None]:
+        """Cancel ``cancellation`` at ``deadline`` (monotonic), unless the returned
+        function is called first."""
+        entry = (deadline, id(cancellation), cancellation)
+        with self._lock:
+            heapq.heappush(self._watched, entry)
+            self._changed.notify()
+            self._ensure_thread()
+        return functools.partial(self._unwatch, entry)
+
+    def _unwatch(self, entry: tuple[float, int, Cancellation]) -> None:
+        with self._lock:
+            if entry in self._watched:
+                self._watched.remove(entry)
+                heapq.heapify(self._watched)
+                self._changed.notify()
+
+    def _ensure_thread(self) -> None:
+        """Start the thread unless it runs (or was started a moment ago). Lock held.
+
+        Its own flag, not ``Thread.is_alive()``: a signal handler that raises
+        inside ``is_alive()`` can mark a running thread as stopped (CPython).
+        """
+        now = _clock.monotonic()
+        if self._running or now - self._started_at < 1.0:
+            return
+        self._started_at = now
+        thread = threading.Thread(target=self._run, name="requests-opsnow-watchdog", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no new threads at interpreter shutdown: waiters still time out
+            self._started_at = float("-inf")
+
+    def _run(self) -> None:
+        with self._lock:
+            if self._running:
+                return  # another watchdog thread got there first
+            self._running = True
+        while True:
+            overdue = self._next_overdue()
+            if overdue is None:
+                return
+            overdue.cancel()
+
+    def _next_overdue(self) -> Cancellation | None:
+        """Wait for the earliest deadline to pass; None once idle for ``WATCHDOG_IDLE`` s."""
+        with self._lock:
+            while True:
+                if not self._watched:
+                    if not self._changed.wait(WATCHDOG_IDLE) and not self._watched:
+                        self._running = False
+                        return None
+                    continue
+                deadline, _, cancellation = self._watched[0]
+                remaining = deadline - _clock.monotonic()
+                if remaining <= 0:
+                    heapq.heappop(self._watched)
+                    return cancellation
+                # Wake at least once a second: a notify can be lost to a signal handler
+                # that raised in the thread calling it.
+                self._changed.wait(min(remaining, 1.0))
+
+
+_watchdog = _Watchdog()
