@@ -1,21 +1,12 @@
-"""The coroutine driver (anyio: asyncio or trio): runs the lifecycle's flows without ever
-blocking the event loop.
+"""The coroutine driver (anyio: asyncio or trio): does the lifecycle flows' effects without
+ever blocking the event loop (``docs/design.md``, "Token lifecycle" and "Async").
 
-With ``_driver_sync`` the only code that knows threads from coroutines
-(``docs/design.md``, "Async"). It does each effect a flow yields:
-
-- ``Fly``: in a task of its own, which nobody awaits (an asyncio task, or a
-  trio system task): cancelling a waiter, even the one that started it, never
-  cancels the fetch the others wait for. On asyncio, the flight learns whether
-  its loop still runs, so that a flight stranded on a loop that was closed or
-  stopped is abandoned, not waited for;
-- ``Wait``: on an ``anyio.Event`` of the waiter's own loop, which the flight
-  sets from whichever thread lands it, through the loop's thread-safe entry;
-  checking every ``LIVENESS_POLL`` that the flight has not stalled;
-- ``Fetch``: with the async client, within the flight's bound; with a store,
-  whose lock one thread must hold across the fetch, the thread driver does it
-  in a worker thread;
-- ``Io``: in a worker thread.
+A flight runs in a task nobody awaits, so cancelling a waiter (even the one that
+started it) never cancels the fetch; on asyncio the flight learns whether its
+loop still runs, so one stranded on a closed or stopped loop is retired, not
+waited for. Waiters await an event of their own loop, set from whichever thread
+lands the flight. A store's "lock, read, fetch, write" is the thread driver's,
+in a worker thread: one thread must hold the store's lock across the fetch.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
-"""The thread driver: runs the lifecycle's flows in the calling thread.
+"""The thread driver: does the lifecycle flows' effects in the calling thread
+(``docs/design.md``, "Token lifecycle").
 
-With ``_driver_async`` the only code that knows threads from coroutines
-(``docs/design.md``, "Token lifecycle"). It does each effect a flow yields:
-
-- ``Fly``: the leader runs the flight in its own thread, not in a new one (a
-  caller may hold locks the fetch needs: requests-mock holds one around every
-  send); an early refresh runs in a short-lived daemon thread;
-- ``Wait``: on the flight's latch, checking every ``LIVENESS_POLL`` that it has
-  not stalled;
-- ``Fetch``: with the transport, under the watchdog, which stops a fetch at its
-  flight's deadline (a read timeout applies to each read, so a server
-  trickling its answer could otherwise hold it forever);
-- ``Io``: in place.
+The leader flies its flight in its own thread, not in a new one (a caller may
+hold locks the fetch needs: requests-mock holds one around every send); an
+early refresh gets a short-lived daemon thread. Waiters wait on the flight's
+latch. The watchdog stops a fetch at its flight's deadline: a read timeout
+applies to each read, so a server trickling its answer could hold it forever.
 """
 
 from __future__ import annotations

@@ -1,34 +1,12 @@
 """The token lifecycle: one token, one fetch at a time, one early refresh, per key and process.
 
-This module knows nothing about HTTP clients, threads or event loops. Every
-rule of a token's life is written here once, as a *flow*: a generator that
-yields what it needs done (an *effect*) and is sent back the outcome. A thread
-driver (``_driver_sync``) and a coroutine driver (``_driver_async``) run the
-flows; they are the only code that knows threads from coroutines
-(``docs/design.md``, "Token lifecycle")::
-
-                 fetch                  refresh_at                block_at
-    (no token) --------> VALID ---------------------> DUE ---------------------> EXPIRED
-        ^                  ^   one background refresh  |                          |
-        |                  +---------------------------+                          |
-        |                  +-------- callers block on the single fetch -----------+
-        |
-        +-- 401 (REJECTED: dropped, never used again) or invalidate()
-
-The effects a flow yields:
-
-- :class:`Fly`: get this flight flown. The driver answers True to have the flow
-  fly it in place (a leading thread), or runs its flow elsewhere (an early
-  refresh in a thread of its own; a coroutine's flight in a task);
-- :class:`Wait`: until the flight lands, or stalls (nobody runs it any more,
-  or it is past its deadline); the flow then decides what that means;
-- :class:`Fetch`: exchange the key for a token, within the flight's bound;
-- :class:`Io`: a blocking call to the store (a coroutine makes it in a worker thread).
-
-A flow takes the lifecycle's lock only for a few instructions, never across an
-effect. The hot path (a VALID token) is no flow at all: ``held`` and one
-comparison. Every ``OpsNowAuth`` with the same token URL, key, refresh margin
-and token store shares one :class:`TokenLifecycle` (:func:`lifecycle_for`).
+Every rule of a token's life is written here once, as a *flow*: a generator
+that yields what it needs done (:class:`Fly`, :class:`Wait`, :class:`Fetch`,
+:class:`Io`) and is sent back the outcome. This module knows nothing about HTTP
+clients, threads or event loops: the thread driver (``_driver_sync``) and the
+coroutine driver (``_driver_async``) do the effects. The states, the flows and
+the effects: ``docs/design.md``, "Token lifecycle". The hot path (a VALID
+token) is no flow at all: ``held`` and one comparison.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Tests of an HTTP client need a real server: mocks that replace the transport
 cannot show keep-alive, chunked bodies, TLS, proxies, dropped connections or a
 server that answers one byte a second. This module is that server and nothing
-more. It knows nothing of OpsNow: each request is handed, fully read, to one
-handler, and whatever :class:`Reply` the handler returns is written back.
-:mod:`requests_opsnow.testing` builds ``FakeOpsNow`` on it.
+more. It knows nothing of OpsNow: each request is handed, fully read, to
+:meth:`LoopbackServer.answer`, and whatever :class:`Reply` that returns is
+written back. :mod:`requests_opsnow.testing` builds ``FakeOpsNow`` on it.
 
 It imports nothing from the package, so it can be read (and reused) on its own.
 """
@@ -85,10 +85,6 @@ class Reply:
     ) -> R:
         """``payload`` as a JSON body."""
         return cls(status, json.dumps(payload).encode(), headers=dict(headers or {}))
-
-
-Handler = Callable[[RecordedRequest], Reply]
-"""Answers one request; called in the connection's own thread, so it may block."""
 
 
 def _plain(status: int, text: str) -> Reply:
@@ -176,31 +172,31 @@ def _url_host(host: str) -> str:
 # -- the server -------------------------------------------------------------------------------
 
 
-class LoopbackServer:
-    """An HTTP/1.1 server in a background thread, one thread per connection.
+S = TypeVar("S", bound="LoopbackServer")
 
-    Closing is in two steps, :meth:`stop` then :meth:`join`, so that an owner can
+
+class LoopbackServer:
+    """An HTTP/1.1 server in a background thread, one thread per connection: a subclass
+    answers each request in :meth:`answer`.
+
+    Closing is in two steps, :meth:`stop` then :meth:`join`, so that a subclass can
     release whatever its handlers wait on in between: by then every connection
     is shut, so a released handler cannot answer any more.
     """
 
     def __init__(
         self,
-        handler: Handler,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
         name: str = "LoopbackServer",
-        bad_request: Callable[[], Reply] | None = None,
     ) -> None:
         self.closing = threading.Event()
         """Set once the server stops: sleeping handlers wake up (see :meth:`sleep`)."""
         self.ssl_context = ssl_context
-        self._handler = handler
         self._address = (host, port)
         self._name = name
-        self._bad_request = bad_request or (lambda: _plain(400, "Bad request"))
         self._state_lock = threading.Lock()
         self._stopped = False
         self._server: _Server | None = None
@@ -209,13 +205,21 @@ class LoopbackServer:
         self._base_url: str | None = None
         self._proxy_bypass: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    def answer(self, request: RecordedRequest) -> Reply:
+        """The reply to ``request``; called in the connection's own thread, so it may block."""
+        raise NotImplementedError
+
+    def bad_request(self) -> Reply:
+        """The reply to a request that cannot be read (a malformed chunked body, say)."""
+        return _plain(400, "Bad request")
+
+    def start(self: S) -> S:
         """Bind and start serving; a no-op if already started."""
         with self._state_lock:
             if self._stopped:
                 raise RuntimeError(f"{self._name} cannot be restarted after close()")
             if self._server is not None:
-                return
+                return self
             server = _Server(self._address, self)
             host, port = server.server_address[:2]
             scheme = "https" if self.ssl_context is not None else "http"
@@ -229,6 +233,7 @@ class LoopbackServer:
             )
             self._server = server
             self._thread.start()
+        return self
 
     def stop(self) -> None:
         """Stop accepting, shut every client connection and wake sleeping handlers. Idempotent."""
@@ -255,13 +260,12 @@ class LoopbackServer:
             self._thread.join(timeout=_THREAD_JOIN_TIMEOUT)
 
     def close(self) -> None:
-        """:meth:`stop`, then :meth:`join`."""
+        """Stop serving, drop every client connection and join the threads. Idempotent."""
         self.stop()
         self.join()
 
-    def __enter__(self) -> LoopbackServer:
-        self.start()
-        return self
+    def __enter__(self: S) -> S:
+        return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -292,11 +296,11 @@ class LoopbackServer:
         """
         return self.closing.wait(seconds)
 
-    def _answer(self, request: RecordedRequest) -> Reply:
+    def _reply_to(self, request: RecordedRequest) -> Reply:
         # A handler's bug becomes a 500 with its traceback (also on stderr), not a
         # silently dropped connection that looks like a network failure.
         try:
-            reply: object = self._handler(request)  # a handler is user code: check it
+            reply: object = self.answer(request)  # a handler is user code: check it
         except Exception:  # noqa: BLE001 - reported to the client and on stderr
             text = traceback.format_exc()
             print(f"{self._name}: the handler for {request.path} raised:\n{text}", file=sys.stderr)
@@ -399,7 +403,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
         except ValueError:
             self.close_connection = True
-            self._write(owner._bad_request())
+            self._write(owner.bad_request())
             return
         url = urlsplit(self.path)
         headers: dict[str, str] = {}
@@ -413,7 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             client_host=str(self.client_address[0]),
         )
-        reply = owner._answer(request)
+        reply = owner._reply_to(request)
         if reply.drop:
             self.close_connection = True
         else:

@@ -111,6 +111,20 @@ def token_request(endpoint: TokenEndpoint, api_key: str) -> TokenRequest:
 # -- reading an answer ---------------------------------------------------------------------------
 
 
+class Body:
+    """An answer's body as a transport reads it, up to one byte past the limit."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; True once past :data:`MAX_RESPONSE_BYTES` (read no more)."""
+        self.data += chunk
+        return len(self.data) > MAX_RESPONSE_BYTES
+
+
 def read_answer(
     endpoint: TokenEndpoint,
     api_key: str,
@@ -118,16 +132,18 @@ def read_answer(
     reason: object,
     headers: Mapping[str, str],
     body: bytes,
+    encoding: str,
     response: Any,
 ) -> Token:
     """The token in a 2xx answer; otherwise the exception the answer calls for.
 
-    ``body`` is what was read, at most one byte past :data:`MAX_RESPONSE_BYTES`;
-    ``reason`` the status line's phrase, as the client has it; ``response`` the
-    client's own response object, which the errors carry.
+    ``body`` is what was read (a :class:`Body`'s data), in the content coding
+    ``encoding`` ("" once the client has decoded it); ``reason`` the status
+    line's phrase as the client has it; ``response`` the client's own response
+    object, which the errors carry.
     """
     try:
-        body = _decoded(body, headers.get("Content-Encoding", ""))
+        body = _decoded(body, encoding)
         if 200 <= status < 300:
             return _token_in(body, headers, api_key)
     except TokenResponseError as error:

@@ -18,9 +18,9 @@ import httpx
 from . import _clock
 from ._lifecycle import Cancellation
 from ._protocol import (
-    MAX_RESPONSE_BYTES,
     READ_STEP,
     REDACTED_BODY,
+    Body,
     RetrySchedule,
     TokenEndpoint,
     broke_off,
@@ -180,10 +180,10 @@ class HttpxTransport:
         return httpx.AsyncClient(**self._settings.client_options(self.endpoint))
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[_Body]:
+    def _reading(self) -> Iterator[Body]:
         """The body as it is read; a read that fails is a :class:`TokenRequestError`."""
         try:
-            yield _Body()
+            yield Body()
         except httpx.HTTPError as exc:
             raise broke_off(self.endpoint, exc) from exc
 
@@ -198,7 +198,10 @@ class HttpxTransport:
     def _answer(self, response: httpx.Response, redacted: httpx.Request, body: bytes) -> Token:
         response.request = redacted
         status, reason, headers = response.status_code, response.reason_phrase, response.headers
-        return read_answer(self.endpoint, self._api_key, status, reason, headers, body, response)
+        encoding = headers.get("Content-Encoding", "")  # read raw: httpx inflates a read whole
+        return read_answer(
+            self.endpoint, self._api_key, status, reason, headers, body, encoding, response
+        )
 
     def _failure(
         self, error: httpx.HTTPError, redacted: httpx.Request, cancellation: Cancellation
@@ -213,17 +216,3 @@ class HttpxTransport:
             timed_out=timed_out,
             tls_fixes=TLS_FIXES,
         )
-
-
-class _Body:
-    """An answer's body as it arrives, up to one byte past the protocol's limit."""
-
-    __slots__ = ("data",)
-
-    def __init__(self) -> None:
-        self.data = b""
-
-    def add(self, chunk: bytes) -> bool:
-        """Keep ``chunk``; True once past the limit (read no more)."""
-        self.data += chunk
-        return len(self.data) > MAX_RESPONSE_BYTES

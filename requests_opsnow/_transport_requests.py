@@ -15,14 +15,14 @@ from typing import Any, cast
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.poolmanager import pool_classes_by_scheme
 
 from . import _clock
 from ._lifecycle import Cancellation
 from ._protocol import (
-    MAX_RESPONSE_BYTES,
+    READ_STEP,
     REDACTED_BODY,
+    Body,
     RetrySchedule,
     TokenEndpoint,
     TokenRequest,
@@ -185,14 +185,19 @@ class RequestsTransport:
             ) from exc
         with response:
             response.request = redacted
-            try:
-                raw = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=False)
-            except (Urllib3Error, OSError) as exc:
+            read = Body()
+            try:  # requests' own reading: any adapter; urllib3 inflates a step at a time
+                for chunk in response.iter_content(READ_STEP):
+                    if read.add(chunk):
+                        break
+            except requests.RequestException as exc:
                 raise broke_off(self.endpoint, exc) from exc
             key, status, reason = self._api_key, response.status_code, response.reason
             response.reason = (reason or "").replace(key, "***")
-            response._content = kept_for_errors(status, raw, key)
-            return read_answer(self.endpoint, key, status, reason, response.headers, raw, response)
+            response._content = kept_for_errors(status, read.data, key)
+            return read_answer(
+                self.endpoint, key, status, reason, response.headers, read.data, "", response
+            )
 
 
 _current_cancellation: ContextVar[Cancellation | None] = ContextVar(

@@ -126,30 +126,42 @@ def _check_seconds(name: str, value: object) -> float:
     return float(value)
 
 
-def _failure(
-    status: int,
-    count: int,
-    delay: float,
-    retry_after: str | None,
-    body: bytes | None,
-    content_type: str,
-    headers: dict[str, str] | None,
-    reason: str | None,
-    trickle: float,
-) -> _Failure:
-    status = _check_int("status", status)
-    if status != 0 and not 100 <= status <= 599:
-        raise ValueError(
-            f"status must be 0 (drop the connection) or an HTTP status 100..599, got {status}"
-        )
-    count = _check_int("count", count)
-    if count != -1 and count < 1:
-        raise ValueError(f"count must be >= 1, or -1 for every request until reset(); got {count}")
-    delay = _check_seconds("delay", delay)
-    trickle = _check_seconds("trickle", trickle)
-    return _Failure(
-        status, count, delay, retry_after, body, content_type, dict(headers or {}), reason, trickle
-    )
+def _injector(queue: str, doc: str) -> Callable[..., None]:
+    """A method that queues a :class:`_Failure` on ``queue``: both injectors take the same
+    arguments, checked the same way."""
+
+    def inject(
+        self: FakeOpsNow,
+        status: int = 503,
+        *,
+        count: int = 1,
+        delay: float = 0.0,
+        retry_after: str | None = None,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+        trickle: float = 0.0,
+    ) -> None:
+        status = _check_int("status", status)
+        if status != 0 and not 100 <= status <= 599:
+            raise ValueError(
+                f"status must be 0 (drop the connection) or an HTTP status 100..599, got {status}"
+            )
+        count = _check_int("count", count)
+        if count != -1 and count < 1:
+            raise ValueError(
+                f"count must be >= 1, or -1 for every request until reset(); got {count}"
+            )
+        failure = _Failure(
+            status, count, _check_seconds("delay", delay), retry_after, body, content_type,
+            dict(headers or {}), reason, _check_seconds("trickle", trickle),
+        )  # fmt: skip
+        with self._lock:
+            getattr(self, queue).append(failure)
+
+    inject.__doc__ = doc
+    return inject
 
 
 def _route_method(method: str) -> str:
@@ -165,8 +177,12 @@ def _check_route_path(path: str) -> None:
         raise ValueError(f"path may end in '/*' (a prefix) but have no other '*', got {path!r}")
 
 
-class FakeOpsNow:
-    """An OpsNow-like HTTP server on loopback; see the module docstring."""
+class FakeOpsNow(LoopbackServer):
+    """An OpsNow-like HTTP server on loopback; see the module docstring.
+
+    ``start()``, ``close()`` (also as a context manager), ``base_url``,
+    ``open_connections`` and ``accepted_connections`` are the loopback server's.
+    """
 
     TOKEN_PATH = "/platform/v2/identity/api-keys/token"  # noqa: S105 (a path, not a secret)
 
@@ -179,18 +195,10 @@ class FakeOpsNow:
         api_key: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        super().__init__(host=host, port=port, ssl_context=ssl_context, name="FakeOpsNow")
         self.api_key = api_key if api_key is not None else "fake-key-" + secrets.token_hex(16)
         self.ttl = ttl
-        self._loopback = LoopbackServer(
-            self._answer,
-            host=host,
-            port=port,
-            ssl_context=ssl_context,
-            name="FakeOpsNow",
-            bad_request=lambda: Reply.opsnow_error(400, "Bad request"),
-        )
         self._lock = threading.Condition()
-        self._closed = False
         self._token_count = 0
         self._api_log: list[RecordedRequest] = []
         self._token_log: list[RecordedRequest] = []
@@ -210,38 +218,12 @@ class FakeOpsNow:
         self.route("*", "/test/open/echo", _echo, authorized=False)
         self.route("*", "/test/redirect", _redirect, authorized=False)
 
-    # -- lifecycle ---------------------------------------------------------
-
-    def start(self) -> FakeOpsNow:
-        """Bind and start serving; a no-op if already started."""
-        if self._closed:
-            raise RuntimeError("FakeOpsNow cannot be restarted after close()")
-        self._loopback.start()
-        return self
-
-    def close(self) -> None:
-        """Stop serving, drop every client connection and join the threads. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._loopback.stop()  # also wakes handlers sleeping in an injected delay
+    def stop(self) -> None:
+        super().stop()  # also wakes handlers sleeping in an injected delay
         self._token_gate.set()  # connections are gone: held handlers can no longer answer
-        self._loopback.join()
 
-    def __enter__(self) -> FakeOpsNow:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def base_url(self) -> str:
-        """``http://host:port`` of the server; available once started (and after close)."""
-        try:
-            return self._loopback.base_url
-        except RuntimeError:
-            raise RuntimeError("FakeOpsNow has not been started") from None
+    def bad_request(self) -> Reply:
+        return Reply.opsnow_error(400, "Bad request")
 
     @property
     def token_url(self) -> str:
@@ -266,16 +248,6 @@ class FakeOpsNow:
         """Every request to the token endpoint (any method), in arrival order."""
         with self._lock:
             return list(self._token_log)
-
-    @property
-    def open_connections(self) -> int:
-        """Client connections open right now (keep-alive ones included)."""
-        return self._loopback.open_connections
-
-    @property
-    def accepted_connections(self) -> int:
-        """Client connections accepted so far (with TLS: including failed handshakes)."""
-        return self._loopback.accepted_connections
 
     @property
     def issued_tokens(self) -> list[str]:
@@ -351,7 +323,7 @@ class FakeOpsNow:
         :attr:`issued_tokens`. It is not counted in :attr:`token_requests`, which
         counts requests to the OpsNow endpoint.
         """
-        self._loopback.sleep(self._token_delay)
+        self.sleep(self._token_delay)
         self._token_gate.wait()
         token = "fake-" + secrets.token_urlsafe(24)
         with self._lock:
@@ -367,19 +339,8 @@ class FakeOpsNow:
         with self._lock:
             self._expiry.clear()
 
-    def fail_token_requests(
-        self,
-        status: int = 503,
-        *,
-        count: int = 1,
-        delay: float = 0.0,
-        retry_after: str | None = None,
-        body: bytes | None = None,
-        content_type: str = "application/json",
-        headers: dict[str, str] | None = None,
-        reason: str | None = None,
-        trickle: float = 0.0,
-    ) -> None:
+    fail_token_requests = _injector(
+        "_failures",
         """Make the next ``count`` token POSTs (-1: all, until :meth:`reset`) fail.
 
         Each is counted, waits ``delay`` seconds, then answers ``status`` (with
@@ -389,37 +350,17 @@ class FakeOpsNow:
         0. ``status=0`` drops the connection without answering. Successive calls
         queue up in call order. Nonsense (``count=0``, ``status=42``, a negative
         delay) is a ``ValueError``: a test that injects nothing should not pass.
-        """
-        failure = _failure(
-            status, count, delay, retry_after, body, content_type, headers, reason, trickle
-        )
-        with self._lock:
-            self._failures.append(failure)
-
-    def fail_api_requests(
-        self,
-        status: int = 503,
-        *,
-        count: int = 1,
-        delay: float = 0.0,
-        retry_after: str | None = None,
-        body: bytes | None = None,
-        content_type: str = "application/json",
-        headers: dict[str, str] | None = None,
-        reason: str | None = None,
-        trickle: float = 0.0,
-    ) -> None:
+        """,
+    )
+    fail_api_requests = _injector(
+        "_api_failures",
         """Make the next ``count`` API requests (any path but the token endpoint) fail.
 
         The arguments mean what they mean for :meth:`fail_token_requests`. Each
         request is recorded, then answered with the failure instead of its route
         (whether or not it carries a valid token). :meth:`reset` clears them.
-        """
-        failure = _failure(
-            status, count, delay, retry_after, body, content_type, headers, reason, trickle
-        )
-        with self._lock:
-            self._api_failures.append(failure)
+        """,
+    )
 
     def set_token_delay(self, seconds: float) -> None:
         """Delay every successful token response by ``seconds``."""
@@ -461,7 +402,7 @@ class FakeOpsNow:
 
     # -- request handling (called from handler threads) ------------------------
 
-    def _answer(self, req: RecordedRequest) -> Reply:
+    def answer(self, req: RecordedRequest) -> Reply:
         if req.path == self.TOKEN_PATH:
             return self._token_endpoint(req)
         with self._lock:
@@ -534,7 +475,7 @@ class FakeOpsNow:
         return failure
 
     def _injected(self, failure: _Failure) -> Reply:
-        self._loopback.sleep(failure.delay)
+        self.sleep(failure.delay)
         if failure.status == 0:
             return Reply(0, drop=True)
         if failure.body is None:

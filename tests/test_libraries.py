@@ -21,7 +21,7 @@ import requests_mock
 import responses
 from requests_futures.sessions import FuturesSession
 
-from requests_opsnow import OpsNowAuth, OpsNowSession
+from requests_opsnow import OpsNowAuth, OpsNowSession, TokenRequestError, TokenResponseError
 from requests_opsnow.testing import FakeOpsNow
 
 from .helpers import COMPANIES
@@ -182,3 +182,58 @@ def test_a_plain_session_lets_netrc_replace_the_token_on_a_redirect(fake: FakeOp
         )
     assert response.status_code == 401
     assert (fake.api_requests[-1].header("Authorization") or "").startswith("Basic ")
+
+
+# -- an adapter of the user's own ------------------------------------------------------------
+
+
+class InMemoryAdapter(requests.adapters.BaseAdapter):
+    """An adapter that builds its responses in memory (no ``raw``), as test doubles and
+    some gateways' SDKs do; it records what it was sent."""
+
+    def __init__(self, status: int, body: bytes, **headers: str) -> None:
+        super().__init__()
+        self.answer = (status, body, headers)
+        self.sent: list[requests.PreparedRequest] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:
+        self.sent.append(request)
+        response = requests.Response()
+        response.status_code, response._content, headers = self.answer
+        response._content_consumed = True  # type: ignore[attr-defined]  # as requests marks it
+        response.headers.update(headers)
+        response.request, response.url = request, request.url
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (200, b'{"data": {"accessToken": "in-memory", "expiresIn": 3600}}', None),
+        (200, b"x" * 70_000, "larger than 65536 bytes"),
+        (
+            503,
+            b'{"status": "fail", "error": {"message": "down"}}',
+            "HTTP 503 Service Unavailable: down",
+        ),
+    ],
+    ids=["token", "too-large", "error"],
+)
+def test_a_session_whose_adapter_answers_from_memory_is_read_like_any(
+    key: str, status: int, body: bytes, error: str | None
+) -> None:
+    adapter = InMemoryAdapter(status, body, **{"Content-Type": "application/json"})
+    with requests.Session() as session:
+        session.mount("https://", adapter)
+        auth = OpsNowAuth(key, session=session, max_retries=0)
+        if error is None:
+            assert auth.get_token() == "in-memory"
+        else:
+            with pytest.raises((TokenRequestError, TokenResponseError), match=error) as caught:
+                auth.get_token()
+            assert key not in str(caught.value)
+    assert [request.url for request in adapter.sent] == [MOCK_TOKEN_URL]
+    assert adapter.sent[0].headers["Accept-Encoding"] == "identity"
