@@ -23,7 +23,7 @@ from ._config import (
     host_list,
     store_at,
 )
-from ._hosts import Decision, check_cleartext, check_secure_url, host_policy
+from ._hosts import Decision, check_cleartext, check_root, check_secure_url, host_policy
 from ._lifecycle import TokenLifecycle, lifecycle_for
 from ._protocol import TokenEndpoint
 from ._runtime import RuntimeState
@@ -53,6 +53,7 @@ class AuthCore(RuntimeState):
         token_url = options.get("token_url")
         self.token_url = token_url if token_url is not None else self.base_url + TOKEN_PATH
         check_secure_url(self.base_url, "base_url")
+        check_root(self.base_url)
         check_secure_url(self.token_url, "token_url")
         self.refresh_margin = check_refresh_margin(options.get("refresh_margin"))
         timeout, retries = (

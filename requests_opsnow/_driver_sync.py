@@ -37,8 +37,8 @@ log = logging.getLogger("requests_opsnow")
 
 T = TypeVar("T")
 
-WATCHDOG_IDLE = 10.0
-"""Seconds the watchdog thread lingers with no fetch to watch before it ends."""
+WATCHDOG_EXIT = 1.0
+"""Seconds the last fetch to end waits for the watchdog thread to go (it goes at once)."""
 
 
 class Transport(Protocol):
@@ -128,11 +128,12 @@ def _unattended(flow: Flow[None], transport: Transport) -> None:
 class _Watchdog(RuntimeState):
     """Cancels fetches that outlive their bound, from one thread for the whole process.
 
-    The thread starts when a fetch is watched and ends after :data:`WATCHDOG_IDLE`
-    seconds with nothing to watch, so an idle process has no such thread.
+    The thread runs only while a fetch is watched: the last fetch to end waits for it
+    to go, so that a process that forks right after a token request (gunicorn
+    ``--preload``, a fork pool) has no thread of ours.
     """
 
-    _runtime_fields = ("_lock", "_changed", "_watched", "_running", "_started_at")
+    _runtime_fields = ("_lock", "_changed", "_watched", "_thread")
 
     def __init__(self) -> None:
         self._start_runtime()
@@ -141,8 +142,9 @@ class _Watchdog(RuntimeState):
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._watched: list[tuple[float, int, Cancellation]] = []  # a heap by deadline
-        self._running = False  # set by the thread itself, under the lock
-        self._started_at = float("-inf")
+        # Its own record, not Thread.is_alive(): a signal handler that raises inside
+        # is_alive() can mark a running thread as stopped (CPython).
+        self._thread: threading.Thread | None = None
 
     def watch(self, deadline: float, cancellation: Cancellation) -> Callable[[], None]:
         """Cancel ``cancellation`` at ``deadline`` (monotonic), unless the returned
@@ -151,7 +153,14 @@ class _Watchdog(RuntimeState):
         with self._lock:
             heapq.heappush(self._watched, entry)
             self._changed.notify()
-            self._ensure_thread()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="requests-opsnow-watchdog", daemon=True
+                )
+                try:
+                    self._thread.start()
+                except RuntimeError:  # no new threads at interpreter shutdown: waiters time out
+                    self._thread = None
         return functools.partial(self._unwatch, entry)
 
     def _unwatch(self, entry: tuple[float, int, Cancellation]) -> None:
@@ -159,29 +168,12 @@ class _Watchdog(RuntimeState):
             if entry in self._watched:
                 self._watched.remove(entry)
                 heapq.heapify(self._watched)
-                self._changed.notify()
-
-    def _ensure_thread(self) -> None:
-        """Start the thread unless it runs (or was started a moment ago). Lock held.
-
-        Its own flag, not ``Thread.is_alive()``: a signal handler that raises
-        inside ``is_alive()`` can mark a running thread as stopped (CPython).
-        """
-        now = _clock.monotonic()
-        if self._running or now - self._started_at < 1.0:
-            return
-        self._started_at = now
-        thread = threading.Thread(target=self._run, name="requests-opsnow-watchdog", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # no new threads at interpreter shutdown: waiters still time out
-            self._started_at = float("-inf")
+            self._changed.notify()
+            thread = self._thread if not self._watched else None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(WATCHDOG_EXIT)
 
     def _run(self) -> None:
-        with self._lock:
-            if self._running:
-                return  # another watchdog thread got there first
-            self._running = True
         while True:
             overdue = self._next_overdue()
             if overdue is None:
@@ -189,14 +181,13 @@ class _Watchdog(RuntimeState):
             overdue.cancel()
 
     def _next_overdue(self) -> Cancellation | None:
-        """Wait for the earliest deadline to pass; None once idle for ``WATCHDOG_IDLE`` s."""
+        """Wait for the earliest deadline to pass; None (the thread ends) once nothing is
+        watched."""
         with self._lock:
             while True:
                 if not self._watched:
-                    if not self._changed.wait(WATCHDOG_IDLE) and not self._watched:
-                        self._running = False
-                        return None
-                    continue
+                    self._thread = None
+                    return None
                 deadline, _, cancellation = self._watched[0]
                 remaining = deadline - _clock.monotonic()
                 if remaining <= 0:

@@ -77,6 +77,17 @@ def check_secure_url(url: str, what: str) -> None:
         )
 
 
+def check_root(base_url: str) -> None:
+    """Raise ValueError for a base URL that already holds the API's path (the token URL,
+    base_url + ``/platform/v2/...``, would double it, and the key would take the blame)."""
+    path = urlsplit(base_url).path.rstrip("/")
+    if path.endswith(("/platform", "/platform/v2")):
+        raise ValueError(
+            f"base_url must be the API's root, without {path[path.rfind('/platform') :]}"
+            f" (such as https://api.opsnow360.io), got {safe_url(base_url)!r}"
+        )
+
+
 @functools.lru_cache(maxsize=_DECISION_CACHE_SIZE)
 def _is_secure(url: str) -> bool:
     parts = urlsplit(url)

@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, NamedTuple, TypeVar, Union
 from weakref import WeakValueDictionary
 
 from . import _clock
+from ._protocol import BOUND_SETTINGS
 from ._runtime import RuntimeState
 from ._token import Token
 from .cache import TokenCache, cache_key
@@ -184,7 +185,7 @@ class Flight:
     def stopped(self) -> TokenRequestError:
         """The error of a flight stopped at its deadline."""
         return TokenRequestError(
-            f"no token within {self.bound:.0f} s: the token request was stopped"
+            f"no token within {self.bound:.0f} s: the token request was stopped ({BOUND_SETTINGS})"
         )
 
     def result(self) -> HeldToken | None:
@@ -412,6 +413,12 @@ class TokenLifecycle(RuntimeState):
         if self.store is not None:
             yield Io(partial(self._store_delete, token))
 
+    def forget(self) -> None:
+        """Start over, as in a new process: no token, no flight, nothing remembered (the
+        store is left as it is). A flight still in the air lands without effect."""
+        with self._lock:
+            self._new_runtime_state()
+
     def stored(self) -> Token | None:
         """The token the store holds for this key, if any (no fetch; blocking)."""
         return self._store_get()
@@ -541,11 +548,12 @@ class TokenLifecycle(RuntimeState):
                 return
             flight.held, flight.error = held, (error if held is None else None)
             flight.landed = True
-            if self._flight is flight:
+            current = self._flight is flight  # not one from before forget()
+            if current:
                 self._flight = None
-            if held is not None and held.token != self._rejected:
+            if current and held is not None and held.token != self._rejected:
                 self.held = held
-            elif flight.early:
+            elif current and flight.early:
                 self._early_retry_at = _clock.now() + EARLY_RETRY_DELAY
         flight._wake()
 
@@ -642,26 +650,26 @@ class TokenLifecycle(RuntimeState):
 class _Registry(RuntimeState):
     """Lifecycles by identity: alive while an auth uses them or among the recent ones."""
 
-    _runtime_fields: ClassVar[tuple[str, ...]] = ("_lock", "_alive", "_recent")
-    _kept_across_fork = ("_alive", "_recent")
+    _runtime_fields: ClassVar[tuple[str, ...]] = ("lock", "alive", "_recent")
+    _kept_across_fork = ("alive", "_recent")
 
     def __init__(self) -> None:
         self._start_runtime()
 
     def _new_runtime_state(self) -> None:
-        self._lock = threading.Lock()
-        self._alive: WeakValueDictionary[Hashable, TokenLifecycle] = WeakValueDictionary()
+        self.lock = threading.Lock()
+        self.alive: WeakValueDictionary[Hashable, TokenLifecycle] = WeakValueDictionary()
         self._recent: OrderedDict[Hashable, TokenLifecycle] = OrderedDict()
 
     def get(
         self, token_url: str, api_key: str, refresh_margin: float, store: TokenCache | None
     ) -> TokenLifecycle:
         identity = (cache_key(token_url, api_key), refresh_margin, _place_of(store))
-        with self._lock:
-            lifecycle = self._alive.get(identity)
+        with self.lock:
+            lifecycle = self.alive.get(identity)
             if lifecycle is None:
                 lifecycle = TokenLifecycle(identity[0], refresh_margin, store)
-                self._alive[identity] = lifecycle
+                self.alive[identity] = lifecycle
             self._recent[identity] = lifecycle
             self._recent.move_to_end(identity)
             while len(self._recent) > REMEMBERED_LIFECYCLES:
@@ -680,6 +688,14 @@ def _place_of(store: TokenCache | None) -> Hashable:
 
 
 _registry = _Registry()
+
+
+def forget_all_tokens() -> None:
+    """:meth:`TokenLifecycle.forget` for every lifecycle of the process (tests' isolation)."""
+    with _registry.lock:
+        lifecycles = list(_registry.alive.values())
+    for lifecycle in lifecycles:
+        lifecycle.forget()
 
 
 def lifecycle_for(

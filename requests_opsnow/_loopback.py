@@ -224,7 +224,10 @@ class LoopbackServer:
             host, port = server.server_address[:2]
             scheme = "https" if self.ssl_context is not None else "http"
             self._base_url = f"{scheme}://{_url_host(str(host))}:{port}"
-            self._proxy_bypass = bypass_proxies(str(host))
+            # Plain http only: OpsNowAuth refuses a token in cleartext through a proxy, while
+            # an https fake goes through one as any server would (CONNECT), for proxy tests.
+            if self.ssl_context is None:
+                self._proxy_bypass = bypass_proxies(str(host))
             self._thread = threading.Thread(
                 target=server.serve_forever,
                 kwargs={"poll_interval": 0.05},

@@ -13,13 +13,14 @@ caching.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
 import re
 import ssl
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from typing import Any, NamedTuple, Union
 
@@ -234,16 +235,64 @@ def failure(
     endpoint: TokenEndpoint, error: Exception, *, stopped: bool, timed_out: bool, tls_fixes: str
 ) -> TokenRequestError:
     """The :class:`TokenRequestError` for a request that got no answer (``stopped``: its
-    flight's bound cut it off)."""
+    flight's bound cut it off): what went wrong, in words, and the client's error type."""
     if stopped:
         return TokenRequestError(
             f"token request to {endpoint.safe_url} stopped after {endpoint.bound:.0f} s"
+            f" ({BOUND_SETTINGS})"
         )
-    if _caused_by_tls(error):
+    causes = list(_causes(error))
+    if any(isinstance(c, ssl.SSLError) or type(c).__name__ == "SSLError" for c in causes):
         return _final(TokenRequestError(_tls_failure(endpoint, error, tls_fixes)))
-    if timed_out:
-        return TokenRequestError(f"token request to {endpoint.safe_url} timed out")
-    return TokenRequestError(f"token request to {endpoint.safe_url} failed: {type(error).__name__}")
+    reason = next((_REASONS[type(c).__name__] for c in causes if type(c).__name__ in _REASONS), "")
+    if not reason and timed_out:
+        reason = "timed out"
+    if not reason:
+        reason = next((_errno_reason(c) for c in causes if _errno_reason(c)), "failed")
+    if reason.startswith("timed out"):
+        reason += f"; {BOUND_SETTINGS}"
+    return TokenRequestError(
+        f"token request to {endpoint.safe_url} failed: {reason} ({type(error).__name__})"
+    )
+
+
+BOUND_SETTINGS = (
+    "a token request is bounded by OpsNowAuth(timeout=, max_retries=), not by the timeout= of"
+    " the call that needs the token"
+)
+"""Said wherever a token request runs out of time: an auth cannot see a call's own timeout."""
+
+_REASONS = {
+    "ConnectionRefusedError": "connection refused",
+    "gaierror": "the host name could not be resolved",
+    "NameResolutionError": "the host name could not be resolved",
+    "ConnectTimeout": "timed out connecting",
+    "ConnectTimeoutError": "timed out connecting",
+    "ReadTimeout": "timed out waiting for the answer",
+    "ReadTimeoutError": "timed out waiting for the answer",
+    "ConnectionResetError": "connection reset",
+    "RemoteDisconnected": "connection closed without an answer",
+}
+"""What a cause in a client's exception chain means, by its type's name (urllib3, httpx
+and the standard library each have their own)."""
+
+
+def _errno_reason(error: BaseException) -> str:
+    number = getattr(error, "errno", None)
+    return {errno.ENETUNREACH: "network unreachable", errno.EHOSTUNREACH: "host unreachable"}.get(
+        number if isinstance(number, int) else -1, ""
+    )
+
+
+def mock_refusal(endpoint: TokenEndpoint, message: str, api_key: str) -> TokenRequestError:
+    """A mocking library (``responses``, ``requests-mock``) has no mock for the token
+    request: its own explanation, at once (no retry can change a test's mocks)."""
+    return _final(
+        TokenRequestError(
+            f"token request to {endpoint.safe_url} was refused by a mocking library (is the"
+            f" token endpoint mocked?): {_masked(message, api_key)}"
+        )
+    )
 
 
 def broke_off(endpoint: TokenEndpoint, error: Exception) -> TokenRequestError:
@@ -270,16 +319,14 @@ def _final(error: TokenRequestError) -> TokenRequestError:
     return error
 
 
-def _caused_by_tls(error: BaseException) -> bool:
-    """Whether ``error`` comes from a TLS failure, however many wrappers the client added."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and what caused it, however many wrappers the client added."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLError) or type(current).__name__ == "SSLError":
-            return True
+        yield current
         seen.add(id(current))
         current = current.__cause__ or current.__context__ or _wrapped(current)
-    return False
 
 
 def _wrapped(error: BaseException) -> BaseException | None:

@@ -19,7 +19,7 @@ import requests
 from requests.cookies import extract_cookies_to_jar, get_cookie_header
 
 from ._hosts import safe_url
-from .errors import ReplaySkippedWarning
+from .errors import ReplaySkippedWarning, request_without_authorization
 
 log = logging.getLogger("requests_opsnow")
 
@@ -88,10 +88,14 @@ def resend(
     started = time.perf_counter()
     new_response: requests.Response = connection.send(retry, **send_options)
     new_response.elapsed = timedelta(seconds=time.perf_counter() - started)
+    original = response.request
+    # The 401 kept in history shows its request without the dead token: a response cache
+    # (requests-cache) redacts the final response's request, not its history's.
+    response.request = request_without_authorization(original)
     new_response.history.append(response)
     new_response.request = retry
     if new_response.is_redirect:
-        _keep_the_401_through_redirects(response.request, new_response, response)
+        _keep_the_401_through_redirects(original, new_response, response)
     return new_response
 
 
@@ -109,7 +113,7 @@ def _keep_the_401_through_redirects(
     hooks.append(_KeepTheRejected(request, rejected, hooks))
 
 
-class _AfterAReplay(requests.Response):
+class AfterAReplay(requests.Response):
     """A response that follows a replayed 401 through redirects: its ``history`` starts
     with that 401, whatever requests assigns to it."""
 
@@ -127,7 +131,7 @@ class _AfterAReplay(requests.Response):
 
 def _adopt(response: requests.Response, rejected: requests.Response) -> None:
     history = response.__dict__.pop("history", [])
-    response.__class__ = _AfterAReplay
+    response.__class__ = AfterAReplay
     response.__dict__["_earlier"] = [rejected]
     response.history = history
 

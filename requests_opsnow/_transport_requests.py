@@ -29,6 +29,7 @@ from ._protocol import (
     broke_off,
     failure,
     kept_for_errors,
+    mock_refusal,
     read_answer,
     token_request,
     unusable_tls_files,
@@ -179,6 +180,8 @@ class RequestsTransport:
                 exc.request = redacted
             elif isinstance(exc, OSError):  # requests' check of verify= and cert= paths
                 raise unusable_tls_files(self.endpoint, exc, TLS_FIXES) from exc
+            if _refused_by_a_mock(exc):
+                raise mock_refusal(self.endpoint, str(exc), self._api_key) from exc
             stopped, timed_out = cancellation.cancelled, isinstance(exc, requests.Timeout)
             raise failure(
                 self.endpoint, exc, stopped=stopped, timed_out=timed_out, tls_fixes=TLS_FIXES
@@ -204,6 +207,13 @@ _current_cancellation: ContextVar[Cancellation | None] = ContextVar(
     "requests_opsnow_cancellation", default=None
 )
 """The cancellation of the fetch running in this thread, for the sockets it opens."""
+
+
+def _refused_by_a_mock(error: Exception) -> bool:
+    """``responses`` and ``requests-mock`` refusing a request they have no mock for."""
+    return type(error).__name__ == "NoMockAddress" or str(error).startswith(
+        "Connection refused by Responses"
+    )
 
 
 class _CancellableAdapter(HTTPAdapter):

@@ -83,7 +83,7 @@ class OpsNowAPIError(OpsNowAuthError, requests.HTTPError):
         state["request"] = (
             state["response"].request
             if self.response is not None and self.request is self.response.request
-            else _request_without_authorization(self.request)
+            else request_without_authorization(self.request)
         )
         return _rebuilt_api_error, (type(self), self.args, state)
 
@@ -99,12 +99,13 @@ def _rebuilt_api_error(
 
 def _without_authorization(response: requests.Response) -> requests.Response:
     clone = copy.copy(response)
-    clone.request = _request_without_authorization(response.request)
+    clone.request = request_without_authorization(response.request)
     clone.history = [_without_authorization(earlier) for earlier in response.history]
     return clone
 
 
-def _request_without_authorization(request: Any) -> Any:
+def request_without_authorization(request: Any) -> Any:
+    """``request`` with its ``Authorization`` header replaced by ``[redacted]`` (a copy)."""
     if not isinstance(request, requests.PreparedRequest) or "Authorization" not in request.headers:
         return request
     clone = request.copy()

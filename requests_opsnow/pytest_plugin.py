@@ -14,6 +14,11 @@ the environment at the fake with ``monkeypatch``::
 Failures, delays and malformed token payloads can be injected with
 ``opsnow_fake.fail_token_requests(...)``, ``set_token_delay(...)`` and
 ``set_token_body(...)``.
+
+Every test also starts with no token in the process
+(:func:`~requests_opsnow.testing.forget_tokens`): tokens are shared per key in a
+process, and a test that mocks the token endpoint (``responses``,
+``requests-mock``) must see its own token request whatever test ran before it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from requests_opsnow.testing import FakeOpsNow
+from requests_opsnow.testing import FakeOpsNow, forget_tokens
 
 __all__ = ["opsnow_fake"]
+
+
+@pytest.fixture(autouse=True)
+def _opsnow_forget_tokens() -> None:
+    """No token from an earlier test: each test's mocks see their own token request."""
+    forget_tokens()
 
 
 @pytest.fixture

@@ -34,14 +34,12 @@ When the retries run out, the last response is returned, not an exception.
 
 from __future__ import annotations
 
-import functools
-import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+from requests.adapters import BaseAdapter, HTTPAdapter
 from requests.utils import resolve_proxies, select_proxy
 from requests_toolbelt.sessions import BaseUrlSession
 from requests_toolbelt.utils.user_agent import user_agent
@@ -52,7 +50,7 @@ from . import _clock
 from ._config import API_TIMEOUT, resolve_base_url
 from ._hosts import safe_place, safe_url
 from ._protocol import read_error_body, reason_phrase
-from ._replay import unreplayable_body
+from ._replay import AfterAReplay, unreplayable_body
 from ._version import __version__
 from .auth import OpsNowAuth
 from .errors import OpsNowAPIError, OpsNowAuthError
@@ -148,8 +146,21 @@ class _OpsNowRetry(Retry):
             _clock.sleep(backoff)
 
 
+def check_retry_policy(retry: object) -> None:
+    """Refuse a urllib3 ``Retry`` with 401 in ``status_forcelist``: urllib3 would resend a
+    rejected token itself and raise ``RetryError`` before the auth saw the 401, on every
+    call, until the token expired: an outage of up to an hour, not one failed call."""
+    if isinstance(retry, Retry) and 401 in (retry.status_forcelist or ()):
+        raise ValueError(
+            "a retry policy with 401 in status_forcelist resends the rejected token until it"
+            " expires (every call fails, up to an hour); leave 401 out: OpsNowAuth replaces"
+            " the token and replays the request once"
+        )
+
+
 def _retry_policy(retries: int | Retry | None) -> Retry:
     if isinstance(retries, Retry):
+        check_retry_policy(retries)
         return retries
     if retries is None:
         retries = RETRY_TOTAL
@@ -246,6 +257,12 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         self.mount("http://", _RetryingAdapter(retry))
         self._share_settings_with_own_auth()
 
+    def mount(self, prefix: str, adapter: BaseAdapter) -> None:
+        """As requests does, but refusing a retry policy that would retry a 401 itself (see
+        :func:`check_retry_policy`)."""
+        check_retry_policy(getattr(adapter, "max_retries", None))
+        super().mount(prefix, adapter)
+
     def _share_settings_with_own_auth(self) -> None:
         # The auth this session built sends its token requests with this session's
         # verify, cert, proxies and trust_env, as they are at each fetch. A shallow copy
@@ -322,9 +339,10 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
         # replay (and per-request hooks= replace the session's), so the final
         # response would be missed.
         response: requests.Response = super().send(request, **kwargs)
-        response.raise_for_status = functools.partial(  # type: ignore[method-assign]
-            _raise_if_alive, weakref.ref(response)
-        )
+        # A class of its own, not a method bound on the response: `s.get(p).raise_for_status()`
+        # keeps its response alive through the call, and no cycle keeps it alive after.
+        after_a_replay = isinstance(response, AfterAReplay)
+        response.__class__ = _OpsNowResponseAfterAReplay if after_a_replay else OpsNowResponse
         return response
 
     def _refuse_token_through_a_proxy_in_cleartext(
@@ -360,12 +378,17 @@ class OpsNowSession(BaseUrlSession):  # type: ignore[misc]  # requests-toolbelt 
             own_auth.close()
 
 
-def _raise_if_alive(ref: weakref.ref[requests.Response]) -> None:
-    # A weak reference: binding the response to itself would make a cycle,
-    # and keep it (and a streamed connection) alive until the garbage collector runs.
-    response = ref()
-    if response is not None:
-        raise_for_opsnow_error(response)
+class OpsNowResponse(requests.Response):
+    """A response of an :class:`OpsNowSession`: ``raise_for_status()`` raises
+    :class:`OpsNowAPIError` (an ``HTTPError``) on a 4xx or 5xx, in any form (one line,
+    bound, after pickling, from requests-futures)."""
+
+    def raise_for_status(self) -> None:
+        raise_for_opsnow_error(self)
+
+
+class _OpsNowResponseAfterAReplay(OpsNowResponse, AfterAReplay):
+    """An :class:`OpsNowResponse` whose history keeps a replayed 401 first through redirects."""
 
 
 def raise_for_opsnow_error(response: requests.Response) -> None:

@@ -33,9 +33,14 @@ from http import HTTPStatus
 from typing import Any, Callable
 
 from . import _loopback
+from ._config import GLOBAL_BASE_URL, TOKEN_PATH
+from ._lifecycle import forget_all_tokens
 from ._loopback import LoopbackServer, RecordedRequest, bypass_proxies
 
-__all__ = ["FakeOpsNow", "RecordedRequest", "Reply", "bypass_proxies"]
+__all__ = [
+    "FakeOpsNow", "RecordedRequest", "Reply", "bypass_proxies", "forget_tokens", "token_json",
+    "token_url",
+]  # fmt: skip
 
 _COMPANIES = [{"id": "c-1", "name": "Acme"}, {"id": "c-2", "name": "Globex"}]
 
@@ -64,6 +69,28 @@ class Reply(_loopback.Reply):
         """
         error = {"code": status, "message": message or _standard_phrase(status)}
         return cls.json(status, {"status": "fail", "error": error}, headers)
+
+
+def token_url(base_url: str = GLOBAL_BASE_URL) -> str:
+    """The token endpoint of ``base_url`` (default: the global region's), for a mock to answer."""
+    return base_url.rstrip("/") + TOKEN_PATH
+
+
+def token_json(token: str = "test-token", expires_in: float = 3600) -> dict[str, Any]:  # noqa: S107
+    """A successful token response's JSON, as OpsNow sends it: for ``responses``,
+    ``requests-mock`` or ``respx``::
+
+        responses.post(token_url(), json=token_json("t1"))
+        requests_mock.post(token_url(), json=token_json("t1"))
+    """
+    return {"status": "success", "data": {"accessToken": token, "expiresIn": expires_in}}
+
+
+def forget_tokens() -> None:
+    """Forget every token this process holds, as a new process would (stores are left as
+    they are). The pytest plugin does this before each test, so that a test that mocks the
+    token endpoint sees its own token request whatever ran before it."""
+    forget_all_tokens()
 
 
 RouteHandler = Callable[[RecordedRequest], Reply]

@@ -18,6 +18,8 @@ from requests_opsnow.testing import FakeOpsNow
 
 from .helpers import Cli, FakeClock
 
+pytest_plugins = ["pytester"]  # tests of what users' own test runs see
+
 OTHER_HOST = "127.0.0.2"
 
 # Property tests: thorough by hand, bounded under CI (.ci/run sets CI=true); no deadline,

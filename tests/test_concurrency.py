@@ -5,6 +5,8 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -262,3 +264,55 @@ def test_every_lock_of_the_package_is_rebuilt_in_a_forked_child() -> None:
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
             assert not isinstance(value, lock_types), f"{info.name}.{name} is a bare lock"
+
+
+# -- no thread of the package once no fetch is in progress --------------------------------------
+
+
+def package_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("requests-opsnow")]
+
+
+def test_no_thread_of_the_package_outlives_a_token_request(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    auth = make_auth()
+    auth.get_token()
+    assert package_threads() == []
+    fake.revoke_tokens()
+    assert get_status(auth, fake.base_url + COMPANIES) == 200  # a refetch and a replay
+    assert package_threads() == []
+
+
+FORK_RIGHT_AFTER_A_TOKEN = """
+import os
+import sys
+import warnings
+
+import responses
+
+from requests_opsnow import OpsNowAuth
+
+TOKEN = "https://api.opsnow360.io/platform/v2/identity/api-keys/token"
+with responses.RequestsMock() as mock:
+    mock.post(TOKEN, json={"data": {"accessToken": "t", "expiresIn": 3600}})
+    OpsNowAuth("fork-key").get_token()
+with warnings.catch_warnings(record=True) as warned:
+    warnings.simplefilter("always")
+    pid = os.fork()  # Python 3.12+ warns if another thread is alive
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+sys.exit("; ".join(str(warning.message) for warning in warned) or None)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_right_after_a_token_request_finds_no_thread_of_the_package() -> None:
+    # gunicorn --preload, fork pools, pytest -W error: Python 3.12+ warns on a fork from
+    # a process with threads (the test matters there; CI runs it on 3.13).
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_RIGHT_AFTER_A_TOKEN],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, "")

@@ -13,6 +13,7 @@ import secrets
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -237,3 +238,48 @@ def test_a_session_whose_adapter_answers_from_memory_is_read_like_any(
             assert key not in str(caught.value)
     assert [request.url for request in adapter.sent] == [MOCK_TOKEN_URL]
     assert adapter.sent[0].headers["Accept-Encoding"] == "identity"
+
+
+# -- a mock that was forgotten ---------------------------------------------------------------
+
+
+def test_a_token_endpoint_responses_has_no_mock_for_fails_at_once_in_its_words(
+    key: str, clock: Any
+) -> None:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.get(API + COMPANIES, json={"status": "success"})
+        with pytest.raises(TokenRequestError) as caught:
+            requests.get(API + COMPANIES, auth=OpsNowAuth(key), timeout=10)
+    message = str(caught.value)
+    assert "refused by a mocking library (is the token endpoint mocked?)" in message
+    assert "Connection refused by Responses" in message
+    assert clock.sleeps == []  # no retry: a test's mocks do not change in a second
+    assert key not in message
+
+
+def test_a_token_endpoint_requests_mock_has_no_mock_for_fails_at_once_in_its_words(
+    key: str, clock: Any
+) -> None:
+    with requests_mock.Mocker() as mock:
+        mock.get(API + COMPANIES, json={"status": "success"})
+        with pytest.raises(TokenRequestError) as caught:
+            requests.get(API + COMPANIES, auth=OpsNowAuth(key), timeout=10)
+    assert "refused by a mocking library" in str(caught.value)
+    assert "No mock address: POST " + MOCK_TOKEN_URL in str(caught.value)
+    assert clock.sleeps == []
+    assert key not in str(caught.value)
+
+
+def test_requests_cache_keeps_no_token_of_a_replay(fake: FakeOpsNow, tmp_path: Path) -> None:
+    with requests_cache.CachedSession(str(tmp_path / "cache"), backend="sqlite") as session:
+        session.auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
+        session.get(fake.base_url + COMPANIES + "?first", timeout=10)
+        fake.revoke_tokens()
+        replayed = session.get(fake.base_url + COMPANIES, timeout=10)
+        assert [r.status_code for r in replayed.history] == [401]
+        cached = session.get(fake.base_url + COMPANIES, timeout=10)
+        assert cached.from_cache
+        assert [r.status_code for r in cached.history] == [401]
+    stored = (tmp_path / "cache.sqlite").read_bytes()
+    assert fake.issued_tokens
+    assert [token for token in fake.issued_tokens if token.encode() in stored] == []

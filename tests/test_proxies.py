@@ -182,3 +182,17 @@ def test_an_opsnow_session_never_sends_its_token_through_its_own_plain_http_prox
     assert proxy.requests == []
     assert fake.token_requests == 1  # the token request itself went direct
     assert fake.issued_tokens[0].encode() not in pickle.dumps(caught.value)  # nor in the error
+
+
+def test_a_tls_fake_goes_through_an_exported_https_proxy_as_any_server_would(
+    tls_fake: FakeOpsNow, proxy_environment: LoggingProxy, ca_file: str
+) -> None:
+    # Only a plain-http fake keeps itself off the proxy (a token in cleartext must not
+    # cross one); a user's proxy test with a TLS fake must see its CONNECTs.
+    auth = OpsNowAuth(tls_fake.api_key, base_url=tls_fake.base_url, verify=ca_file)
+    with requests.Session() as session:
+        response = session.get(tls_fake.base_url + COMPANIES, auth=auth, verify=ca_file, timeout=10)
+    assert response.status_code == 200
+    assert [method for method, _ in proxy_environment.requests] == ["CONNECT", "CONNECT"]
+    assert secrets_seen(proxy_environment, tls_fake) == []  # tunnelled, never in cleartext
+    assert "NO_PROXY" not in os.environ

@@ -156,3 +156,11 @@ def test_submodules_export_only_what_the_package_exports() -> None:
             assert all(name in readme for name in exported), info.name
         else:
             assert set(exported) <= set(requests_opsnow.__all__), info.name
+
+
+@pytest.mark.parametrize("suffix", ["/platform/v2", "/platform/v2/", "/platform"])
+def test_a_base_url_holding_the_apis_path_is_refused_naming_the_fix(suffix: str) -> None:
+    with pytest.raises(ValueError, match="base_url must be the API's root") as caught:
+        OpsNowAuth("key", base_url="https://user:pw@api.opsnow360.io" + suffix)
+    assert "https://api.opsnow360.io" in str(caught.value)
+    assert "pw" not in str(caught.value)

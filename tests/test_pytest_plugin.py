@@ -36,3 +36,51 @@ def test_a_users_script_runs_offline_against_opsnow_fake(
     finally:
         auth.close()
     assert opsnow_fake.token_requests == 1
+
+
+# -- a user's own tests that mock the token endpoint -----------------------------------------
+
+USERS_MODULE = """
+import requests
+import requests_mock
+import responses
+
+from requests_opsnow import OpsNowAuth
+
+KEY = "the-same-key-in-every-test"
+API = "https://api.opsnow360.io/platform/v2/companies"
+TOKEN = "https://api.opsnow360.io/platform/v2/identity/api-keys/token"
+
+
+def token(value):
+    return {"status": "success", "data": {"accessToken": value, "expiresIn": 3600}}
+"""
+
+WITH_RESPONSES = """
+@responses.activate
+def test_with_responses():
+    responses.post(TOKEN, json=token("from-responses"))
+    responses.get(API, json={"status": "success"})
+    requests.get(API, auth=OpsNowAuth(KEY), timeout=5).raise_for_status()
+    assert responses.calls[-1].request.headers["Authorization"] == "Bearer from-responses"
+"""
+
+WITH_REQUESTS_MOCK = """
+def test_with_requests_mock():
+    with requests_mock.Mocker() as mock:
+        mock.post(TOKEN, json=token("from-requests-mock"))
+        mock.get(API, json={"status": "success"})
+        requests.get(API, auth=OpsNowAuth(KEY), timeout=5).raise_for_status()
+        assert mock.request_history[-1].headers["Authorization"] == "Bearer from-requests-mock"
+"""
+
+
+@pytest.mark.parametrize(
+    "tests", [[WITH_RESPONSES, WITH_REQUESTS_MOCK], [WITH_REQUESTS_MOCK, WITH_RESPONSES]]
+)
+def test_a_users_mocked_tests_pass_in_either_order_with_no_code_of_their_own(
+    pytester: pytest.Pytester, tests: list[str]
+) -> None:
+    pytester.makepyfile(test_users="\n".join([USERS_MODULE, *tests]))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
+    result.assert_outcomes(passed=2)

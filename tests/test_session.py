@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import pytest
 import requests
+from requests_futures.sessions import FuturesSession
 from requests_toolbelt import MultipartEncoder
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
@@ -26,7 +27,7 @@ from requests_opsnow.session import (
     _retry_policy,
     raise_for_opsnow_error,
 )
-from requests_opsnow.testing import FakeOpsNow
+from requests_opsnow.testing import FakeOpsNow, Reply
 
 from .helpers import COMPANIES, FakeClock, MakeAuth, wait_until
 
@@ -378,6 +379,57 @@ def test_an_api_error_pickles_with_its_response_but_without_the_token(
     assert caught.value.request.headers["Authorization"] == f"Bearer {fake.issued_tokens[1]}"
 
 
+def one_line(s: OpsNowSession) -> None:
+    s.get("/platform/v2/nope").raise_for_status()
+
+
+def bound(s: OpsNowSession) -> None:
+    check = s.get("/platform/v2/nope").raise_for_status
+    check()
+
+
+def after_pickling(s: OpsNowSession) -> None:
+    pickle.loads(pickle.dumps(s.get("/platform/v2/nope"))).raise_for_status()
+
+
+def in_a_with_block(s: OpsNowSession) -> None:
+    with s.get("/platform/v2/nope") as response:
+        response.raise_for_status()
+
+
+def from_requests_futures(s: OpsNowSession) -> None:
+    with FuturesSession(session=s, max_workers=1) as futures:
+        futures.get("/platform/v2/nope").result(timeout=10).raise_for_status()
+
+
+def or_ok(s: OpsNowSession) -> None:
+    assert (s.get("/platform/v2/nope").raise_for_status() or "ok") != "ok"
+
+
+@pytest.mark.parametrize(
+    "idiom", [one_line, bound, after_pickling, in_a_with_block, from_requests_futures, or_ok]
+)
+def test_every_raise_for_status_idiom_raises_opsnow_api_error(
+    make_session: MakeSession, idiom: Callable[[OpsNowSession], None]
+) -> None:
+    with pytest.raises(OpsNowAPIError, match=r"OpsNow API error 404 on GET .*: Not found"):
+        idiom(make_session())
+
+
+def test_a_replayed_and_redirected_response_keeps_its_401_and_opsnow_errors(
+    fake: FakeOpsNow, make_session: MakeSession
+) -> None:
+    fake.route("GET", "/test/moved", lambda request: Reply(302, headers={"Location": "nope"}))
+    s = make_session()
+    s.get(COMPANIES)
+    fake.revoke_tokens()
+    response = s.get("/test/moved")
+    assert response.history[0].status_code == 401  # the replay's redirect keeps it first
+    assert response.status_code == 404
+    with pytest.raises(OpsNowAPIError, match="Not found"):
+        pickle.loads(pickle.dumps(response)).raise_for_status()
+
+
 def test_raise_for_status_is_silent_on_success(make_session: MakeSession) -> None:
     response = make_session().get(COMPANIES)
     assert response.raise_for_status() is None
@@ -496,3 +548,15 @@ def test_every_request_has_a_timeout_unless_told_otherwise(
         s.timeout = None
         s.get(COMPANIES)
     assert recorder.timeouts == [API_TIMEOUT, 3, None]
+
+
+def test_a_retry_policy_that_retries_401_is_refused_given_or_mounted_later(
+    make_session: MakeSession,
+) -> None:
+    outage = Retry(total=3, status_forcelist=[401, 503])
+    with pytest.raises(ValueError, match=r"401 in status_forcelist.*leave 401 out"):
+        OpsNowSession("key", retries=outage)
+    s = make_session()
+    with pytest.raises(ValueError, match="resends the rejected token until it expires"):
+        s.mount("https://", requests.adapters.HTTPAdapter(max_retries=outage))
+    s.mount("https://", requests.adapters.HTTPAdapter(max_retries=Retry(status_forcelist=[503])))

@@ -221,7 +221,8 @@ def test_token_endpoint_hanging_past_the_timeout_raises_timed_out(
 
     assert time.monotonic() - started < 5.0  # nowhere near the server's 10 s
     message = check_error(info.value, fake.token_url, secrets_of(fake))
-    assert "timed out" in message
+    assert "timed out waiting for the answer" in message
+    assert "OpsNowAuth(timeout=, max_retries=)" in message
     assert isinstance(info.value.__cause__, requests.Timeout)
     assert info.value.response is None
     assert fake.token_requests == max_retries + 1
@@ -238,10 +239,40 @@ def test_connection_refused_raises_token_request_error_caused_by_connection_erro
         requests.get(companies_url(base_url), auth=auth, timeout=TIMEOUT)
 
     message = check_error(info.value, base_url + FakeOpsNow.TOKEN_PATH, secrets_of(fake))
-    assert "ConnectionError" in message
+    assert "failed: connection refused (ConnectionError) (gave up after 3 attempts)" in message
     assert isinstance(info.value.__cause__, requests.ConnectionError)
     assert info.value.response is None
     assert len(clock.sleeps) == 2  # connection failures are transient: retried
+
+
+def test_an_unknown_host_is_named_as_such(clock: Any) -> None:
+    auth = OpsNowAuth("key-" + "s" * 20, base_url="https://opsnow.invalid", max_retries=1)
+    with pytest.raises(TokenRequestError) as info:
+        auth.get_token()
+    message = check_error(info.value, "https://opsnow.invalid" + FakeOpsNow.TOKEN_PATH, [])
+    assert "failed: the host name could not be resolved (ConnectionError)" in message
+    assert "key-" not in message
+
+
+def test_a_connection_dropped_before_an_answer_is_named_as_such(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    fake.fail_token_requests(0)
+    with pytest.raises(TokenRequestError, match="connection closed without an answer"):
+        make_auth(max_retries=0).get_token()
+
+
+def test_the_bound_of_a_token_request_names_the_settings_that_set_it(
+    fake: FakeOpsNow, make_auth: MakeAuth
+) -> None:
+    # The call's own timeout cannot reach a token request made before it is sent.
+    fake.fail_token_requests(200, count=-1, trickle=0.5)
+    auth = make_auth(timeout=(1, 1.5), max_retries=0)
+    with pytest.raises(TokenRequestError) as info:
+        requests.get(companies_url(fake.base_url), auth=auth, timeout=TIMEOUT)
+    assert "bounded by OpsNowAuth(timeout=, max_retries=), not by the timeout= of" in str(
+        info.value
+    )
 
 
 def test_connection_dropped_by_the_server_raises_token_request_error(
