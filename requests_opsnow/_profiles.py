@@ -29,17 +29,17 @@ from __future__ import annotations
 
 import configparser
 import functools
+import io
 import os
 import shlex
-import stat
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._config import PROFILE_ENV
 from ._runtime import RuntimeState
+from ._userfiles import MAX_CONFIG_SIZE, read_regular, replace_atomically, trust_problem
 from .errors import ApiKeyUnavailableError
 
 DEFAULT_PROFILE = "default"
@@ -48,6 +48,9 @@ KEYRING_SERVICE = "requests-opsnow"
 
 API_KEY_COMMAND_TIMEOUT = 10.0
 """Seconds an ``api_key_command`` may take before it is stopped and counted as failed."""
+
+CREDENTIALS_NAME = "credentials"
+"""The plaintext keys' file, beside the config file."""
 
 KEY_SOURCES = ("keyring", "command", "plaintext")
 SETTINGS = ("region", "base_url", "token_cache", "api_key_source", "api_key_command")
@@ -101,7 +104,7 @@ def _config_paths_for(xdg: str, home: str | None) -> tuple[Path, Path, Path] | N
         if not os.path.isabs(home_folder):
             return None
         folder = Path(home_folder, ".config", "opsnow")
-    return folder, folder / "config", folder / "credentials"
+    return folder, folder / "config", folder / CREDENTIALS_NAME
 
 
 def _known(paths: tuple[Path, Path, Path] | None) -> tuple[Path, Path, Path]:
@@ -302,16 +305,9 @@ def _keyring_call(profile: Profile, method: str, *args: str) -> Any:
 def _write_private(path: Path, parser: configparser.ConfigParser) -> None:
     """Write atomically, 0600 from creation, in a folder of our own (0700)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # mkstemp: a new file (O_EXCL, 0600), never one someone left or linked there.
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    temporary = Path(name)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            parser.write(handle)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    text = io.StringIO()
+    parser.write(text)
+    replace_atomically(path, text.getvalue())
 
 
 class _Files(RuntimeState):
@@ -339,19 +335,22 @@ class _Files(RuntimeState):
         return dict(parsed.profiles) if parsed is not None else {}
 
     def _current(self, path: Path) -> _Parsed | None:
-        """The file as it is now, parsed again only if it changed; None if there is none."""
+        """The file as it is now, parsed again only if it changed; None if there is none.
+        Whether it may be obeyed is checked every time: a mode can change, not its contents."""
         try:
             info = path.stat()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-        version = (info.st_mtime_ns, info.st_size)
+        problem = _distrust(path, info)
+        if problem is not None:
+            raise ValueError(problem)
         with self._lock:
             parsed = self._parsed.get(path)
-        if parsed is None or parsed.version != version:
-            parser = _parse(path, info.st_mode)
-            parsed = _Parsed(version, parser, _profiles_in(parser))
+        if parsed is None or parsed.version != _version(info):
+            parser, info = _parse(path)
+            parsed = _Parsed(_version(info), parser, _profiles_in(parser))
             with self._lock:
                 self._parsed[path] = parsed
         return parsed
@@ -362,10 +361,17 @@ class _Files(RuntimeState):
 
 
 class _Parsed(NamedTuple):
-    version: tuple[int, int]
-    """The file's modification time (ns) and size when it was read."""
+    version: tuple[int, ...]
+    """The file's identity and change times when it was read (see :func:`_version`)."""
     parser: configparser.ConfigParser
     profiles: dict[str, Profile]
+
+
+def _version(info: os.stat_result) -> tuple[int, ...]:
+    """What tells one version of a file from the next: a rename puts a new inode in
+    place, and a write moves the modification and change times (or at least the size,
+    where those times are coarse)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def _profiles_in(parser: configparser.ConfigParser) -> dict[str, Profile]:
@@ -379,28 +385,44 @@ def _new_parser() -> configparser.ConfigParser:
     return configparser.ConfigParser(interpolation=None, default_section="__none__")
 
 
-def _parse(path: Path, mode: int) -> configparser.ConfigParser:
+def _parse(path: Path) -> tuple[configparser.ConfigParser, os.stat_result]:
+    """The file parsed, and its stat as read; ValueError if it cannot be read or obeyed.
+    Raised outside any ``except``: a parse error quotes the line, which may hold a key,
+    and an exception raised inside one would keep it as its ``__context__``."""
     parser = _new_parser()
-    problem = _read_into(parser, path, mode)
-    if problem is not None:
-        raise ValueError(f"cannot read {path}: {problem}")
-    return parser
-
-
-def _read_into(parser: configparser.ConfigParser, path: Path, mode: int) -> str | None:
-    """None once ``path`` (whose ``st_mode`` is ``mode``) is read; otherwise what is wrong
-    with it. Raised outside the ``except``: a parse error quotes the line, which may hold
-    a key, and an exception raised inside would keep it as its ``__context__``."""
-    if path.name == "credentials" and stat.S_IMODE(mode) & 0o077:
-        return f"it holds keys and others may read it: chmod 600 {path}"
     try:
-        with path.open(encoding="utf-8") as handle:
-            parser.read_file(handle)
+        data, info = read_regular(path, MAX_CONFIG_SIZE, follow_links=True)
+    except OSError as exc:
+        problem: str | None = f"cannot read {path}: {exc.strerror or type(exc).__name__}"
+    else:  # checked again as opened: the file may have been swapped since its stat
+        problem = _distrust(path, info) or _read_into(parser, path, data)
+    if problem is not None:
+        raise ValueError(problem)
+    return parser, info
+
+
+def _read_into(parser: configparser.ConfigParser, path: Path, data: bytes) -> str | None:
+    try:
+        parser.read_string(data.decode("utf-8"), source=str(path))
     except configparser.Error as exc:
-        return f"{type(exc).__name__} at line {_line(exc)}"
-    except (OSError, UnicodeDecodeError) as exc:
-        return type(exc).__name__
+        return f"cannot read {path}: {type(exc).__name__} at line {_line(exc)}"
+    except UnicodeDecodeError:
+        return f"cannot read {path}: it is not UTF-8 text"
     return None
+
+
+def _distrust(path: Path, info: os.stat_result) -> str | None:
+    """Why the config file or credentials file ``path`` must not be obeyed, if it must not:
+    it, or its folder, is another user's or others may write it (as ssh and git refuse
+    theirs); credentials others may read. Its folder is looked at each time too."""
+    try:
+        folder_problem = trust_problem(path.parent, path.parent.stat())
+    except OSError as exc:
+        return f"cannot read {path.parent}: {exc.strerror}"
+    if folder_problem is not None:
+        return f"not using the config folder {path.parent}: {folder_problem}"
+    problem = trust_problem(path, info, private=path.name == CREDENTIALS_NAME)
+    return f"not using {path}: {problem}" if problem is not None else None
 
 
 def _line(error: configparser.Error) -> object:

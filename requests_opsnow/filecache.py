@@ -27,6 +27,7 @@ from typing import Any
 from . import _clock
 from ._runtime import RuntimeState
 from ._token import MAX_RECORD_SIZE, Token, token_from_record, token_to_record
+from ._userfiles import current_uid, private_folder, read_regular
 from .cache import MemoryTokenCache
 
 log = logging.getLogger("requests_opsnow")
@@ -132,24 +133,23 @@ class FileTokenCache(RuntimeState):
     # -- files --------------------------------------------------------------------------
 
     def _folder(self) -> Path:
-        """The cache folder, created 0700 and checked to be ours alone; else OSError."""
+        """The cache folder, created 0700 and checked to be ours alone, never through a
+        symbolic link; else OSError."""
         if self.directory is None:
             raise FileNotFoundError("no cache folder: neither XDG_CACHE_HOME nor a home is set")
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = self._own_folder_info()
-        if stat.S_IMODE(info.st_mode) & 0o077:
-            self.directory.chmod(0o700)  # an existing folder others could read: tighten it
+        private_folder(self.directory)
         return self.directory
 
-    def _own_folder_info(self) -> os.stat_result:
-        """The folder's stat; PermissionError if another user owns it (then neither
-        read nor write: whoever owns it could have put any token file there)."""
+    def _check_folder(self) -> None:
+        """PermissionError if the folder is a symbolic link, or another user owns it (then
+        neither read nor write: whoever owns it could have put any token file there)."""
         assert self.directory is not None
-        info = self.directory.stat()
-        uid = _uid()
+        info = self.directory.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            raise PermissionError("the cache folder is a symbolic link")
+        uid = current_uid()
         if uid is not None and info.st_uid != uid:
             raise PermissionError("the cache folder belongs to another user")
-        return info
 
     def _token_path(self, key: str) -> Path:
         if not key.isalnum():  # keys are hex digests; anything else could escape the folder
@@ -176,7 +176,7 @@ class FileTokenCache(RuntimeState):
         """The token stored for ``key``, or None if missing, expired, corrupt or not ours."""
         try:
             path = self._token_path(key)
-            self._own_folder_info()
+            self._check_folder()
             raw = _read_own_file(path)
         except FileNotFoundError:
             return None
@@ -234,20 +234,12 @@ class FileTokenCache(RuntimeState):
             )
 
 
-def _uid() -> int | None:
-    getuid = getattr(os, "getuid", None)  # not on Windows
-    return int(getuid()) if getuid is not None else None
-
-
 def _read_own_file(path: Path) -> bytes:
     """Read ``path`` if it is a regular file of ours: no symlinks, FIFOs or other owners."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    descriptor = os.open(path, flags)
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or _uid() not in (None, info.st_uid):
-            raise PermissionError("not a regular file owned by this user")
-        return handle.read(MAX_RECORD_SIZE + 1)  # a longer file is no record of ours
+    raw, info = read_regular(path, MAX_RECORD_SIZE, follow_links=False)
+    if current_uid() not in (None, info.st_uid):
+        raise PermissionError("not a regular file owned by this user")
+    return raw
 
 
 def _remove_stale_temporaries(folder: Path, stem: str) -> None:

@@ -291,3 +291,39 @@ def test_lock_timeout_is_the_deprecated_name_of_lock_wait(tmp_path: Path) -> Non
     with pytest.warns(DeprecationWarning, match="lock_wait"):
         cache = FileTokenCache(tmp_path, lock_timeout=5.0)
     assert cache.lock_wait == 5.0
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_a_cache_folder_planted_as_a_link_in_a_shared_folder_is_not_followed(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    team = tmp_path / "team"
+    team.mkdir()
+    os.chmod(team, 0o777)  # noqa: S103 - the situation under test: a folder anyone can write
+    public_html = tmp_path / "victim" / "public_html"
+    public_html.mkdir(parents=True)
+    os.chmod(public_html, 0o755)  # noqa: S103 - a web folder, readable by all
+    planted = team / "tokens"
+    planted.symlink_to(public_html)  # by another user, before the victim's first token
+    os.lchown(planted, 65534, 65534)
+    with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
+        auth = make_auth(cache=FileTokenCache(planted))
+        assert auth.get_token() == auth.get_token() == fake.issued_tokens[0]
+    assert fake.token_requests == 1  # kept in memory
+    assert list(public_html.iterdir()) == []  # no token or lock file went through the link
+    assert mode(public_html) == 0o755  # nor was the link's target made private
+    assert "symbolic link" in caplog.text
+
+
+def test_a_token_file_that_is_a_link_is_neither_read_nor_written_through(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Path
+) -> None:
+    directory = tmp_path / "cache"
+    directory.mkdir(mode=0o700)
+    now = time.time()
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(token_to_record(Token("planted", now + 1800, now - 60)))
+    token_file(fake, directory).symlink_to(elsewhere)
+    assert make_auth(cache=FileTokenCache(directory)).get_token() == fake.issued_tokens[0]
+    assert "planted" in elsewhere.read_text()  # the link was replaced, not written through
+    assert not token_file(fake, directory).is_symlink()
