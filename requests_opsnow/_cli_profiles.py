@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from ._config import API_KEY_ENV, BASE_URL_ENV, PROFILE_ENV, REGIONS, TOKEN_CACHE_ENV, Sources
+from ._hosts import safe_place, safe_url
 from ._profiles import (
     DEFAULT_PROFILE,
     Profile,
@@ -26,7 +27,7 @@ from ._profiles import (
     named_profile,
     read_profiles,
     save_profile,
-    store_key,
+    store_in_keyring,
 )
 
 if TYPE_CHECKING:
@@ -54,9 +55,9 @@ def run_configure(args: argparse.Namespace) -> int:
         api_key = api_key_of(profile)  # the command works now, or the error says why
     if not args.no_verify:
         _verify(profile, api_key or "", args.timeout)
-    if api_key is not None and source != "command":
-        store_key(profile, api_key)  # first: a keyring that refuses it leaves no profile
-    path = save_profile(profile)
+    if source == "keyring":
+        store_in_keyring(profile, api_key or "")  # first: if refused, no profile is saved
+    path = save_profile(profile, api_key if source == "plaintext" else None)
     where = {
         "keyring": "in the OS keyring",
         "command": f"from: {args.api_key_command}",
@@ -121,9 +122,13 @@ def run_profiles(args: argparse.Namespace) -> int:
     for name in sorted(profiles):
         profile = profiles[name]
         marker = "*" if name == active else " "
-        where = profile.base_url or f"region {profile.region or 'global'}"
+        where = (
+            safe_url(profile.base_url)
+            if profile.base_url
+            else f"region {profile.region or 'global'}"
+        )
         source = _describe_source(profile)
-        cache = f", token cache {profile.token_cache}" if profile.token_cache else ""
+        cache = f", token cache {safe_place(profile.token_cache)}" if profile.token_cache else ""
         print(f"{marker} {name}: {where}, key {source}{cache}")
     return 0
 
@@ -143,7 +148,7 @@ def run_status(args: argparse.Namespace, auth: OpsNowAuth) -> int:
     sources = Sources(args.profile)
     profile = sources.profile()
     print(f"profile: {profile.name if profile is not None else '(none)'}")
-    print(f"base URL: {auth.base_url}")
+    print(f"base URL: {safe_url(auth.base_url)}")
     if os.environ.get(API_KEY_ENV, "").strip():
         print(f"key: from {API_KEY_ENV}")
     else:
@@ -164,7 +169,9 @@ def run_status(args: argparse.Namespace, auth: OpsNowAuth) -> int:
 
 
 def run_logout(args: argparse.Namespace, auth: OpsNowAuth | None) -> int:
-    profile = named_profile(args.profile or DEFAULT_PROFILE)
+    # The profile the other commands use (--profile, OPSNOW_PROFILE, [default]); a name
+    # that matches none is an error, as it is for them.
+    profile = named_profile(args.profile) or named_profile(DEFAULT_PROFILE)
     assert profile is not None  # named_profile raises for a missing name
     if auth is not None:
         auth.invalidate()  # the cached tokens of that key, wherever they are kept

@@ -34,6 +34,8 @@ import os
 import shlex
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,6 +47,9 @@ from .errors import ApiKeyUnavailableError
 DEFAULT_PROFILE = "default"
 KEYRING_SERVICE = "requests-opsnow"
 """The keyring service name; each profile's key is stored under the profile's name."""
+
+WRITE_LOCK_WAIT = 10.0
+"""Seconds ``opsnow configure`` or ``logout`` waits for another one writing the files."""
 
 API_KEY_COMMAND_TIMEOUT = 10.0
 """Seconds an ``api_key_command`` may take before it is stopped and counted as failed."""
@@ -144,47 +149,38 @@ def api_key_of(profile: Profile) -> str | None:
 # -- writing (opsnow configure, opsnow logout) ----------------------------------------------
 
 
-def save_profile(profile: Profile) -> Path:
-    """Write ``profile``'s section into the config file (made 0600 in a 0700 folder)."""
+def save_profile(profile: Profile, plaintext_key: str | None = None) -> Path:
+    """Write ``profile``'s section into the config file (made 0600 in a 0700 folder), and
+    ``plaintext_key`` into the credentials file (a ``plaintext`` profile); a key the
+    credentials file held for a profile that now keeps it elsewhere is removed."""
     path = config_path()
-    parser = _files.parser(path)
-    section = {name: value for name, value in zip(Profile._fields, profile) if name != "name"}
-    parser[profile.name] = {name: str(value) for name, value in section.items() if value}
-    _write_private(path, parser)
-    _files.forget(path)
+    with _one_writer():
+        _set_plaintext_key(profile.name, plaintext_key)
+        parser = _fresh_parser(path)
+        section = {name: value for name, value in zip(Profile._fields, profile) if name != "name"}
+        parser[profile.name] = {name: str(value) for name, value in section.items() if value}
+        _write_private(path, parser)
+    _keys.forget(profile)
     return path
 
 
-def store_key(profile: Profile, api_key: str) -> None:
-    """Keep ``api_key`` where ``profile.api_key_source`` says (keyring or plaintext)."""
-    if profile.api_key_source == "keyring":
-        _keyring_call(profile, "set_password", KEYRING_SERVICE, profile.name, api_key)
-    elif profile.api_key_source == "plaintext":
-        path = credentials_path()
-        parser = _files.parser(path)
-        parser[profile.name] = {"api_key": api_key}
-        _write_private(path, parser)
-        _files.forget(path)
+def store_in_keyring(profile: Profile, api_key: str) -> None:
+    """Keep ``api_key`` in the OS keyring, under the profile's name."""
+    _keyring_call(profile, "set_password", KEYRING_SERVICE, profile.name, api_key)
     _keys.forget(profile)
 
 
 def delete_key(profile: Profile) -> bool:
-    """Delete the profile's stored key (keyring entry or plaintext); True if one was there."""
+    """Delete every key stored for the profile: its plaintext one, whatever its source
+    says now, and its keyring entry if it keeps its key there; True if one was there."""
     _keys.forget(profile)
-    if profile.api_key_source == "keyring":
-        if _keyring_call(profile, "get_password", KEYRING_SERVICE, profile.name) is None:
-            return False
+    with _one_writer():
+        removed = _set_plaintext_key(profile.name, None)
+    in_keyring = profile.api_key_source == "keyring"
+    if in_keyring and _keyring_call(profile, "get_password", KEYRING_SERVICE, profile.name):
         _keyring_call(profile, "delete_password", KEYRING_SERVICE, profile.name)
-        return True
-    if profile.api_key_source == "plaintext":
-        path = credentials_path()
-        parser = _files.parser(path)
-        if not parser.remove_section(profile.name):
-            return False
-        _write_private(path, parser)
-        _files.forget(path)
-        return True
-    return False
+        removed = True
+    return removed
 
 
 def keyring_problem() -> str | None:
@@ -302,12 +298,55 @@ def _keyring_call(profile: Profile, method: str, *args: str) -> Any:
         ) from None
 
 
+def _set_plaintext_key(name: str, api_key: str | None) -> bool:
+    """Put ``api_key`` in the credentials file as ``name``'s (None: remove the one there);
+    True if the file changed. Nothing is written when nothing changes."""
+    path = credentials_path()
+    parser = _fresh_parser(path)
+    if api_key is not None:
+        parser[name] = {"api_key": api_key}
+    elif not parser.remove_section(name):
+        return False
+    _write_private(path, parser)
+    return True
+
+
+def _fresh_parser(path: Path) -> configparser.ConfigParser:
+    """The file as it is on disk now (a writer must not build on a remembered copy)."""
+    _files.forget(path)
+    return _files.parser(path)
+
+
+@contextmanager
+def _one_writer() -> Iterator[None]:
+    """Held while the config and credentials files are read and written again: one writer
+    at a time (other processes too), so that no saved profile or key is lost. The lock
+    file is ``config.lock`` beside them; waited for up to :data:`WRITE_LOCK_WAIT` s."""
+    from filelock import FileLock, Timeout  # only writers need it
+
+    folder = config_folder()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = FileLock(str(folder / "config.lock"), timeout=WRITE_LOCK_WAIT, mode=0o600)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ValueError(
+            f"another opsnow configure or logout is writing {folder} (it held"
+            f" {folder / 'config.lock'} for {WRITE_LOCK_WAIT:g} s); nothing was saved"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _write_private(path: Path, parser: configparser.ConfigParser) -> None:
     """Write atomically, 0600 from creation, in a folder of our own (0700)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = io.StringIO()
     parser.write(text)
     replace_atomically(path, text.getvalue())
+    _files.forget(path)
 
 
 class _Files(RuntimeState):

@@ -6,7 +6,10 @@ second user run as root (as CI does) and hand files to uid 65534.
 
 from __future__ import annotations
 
+import configparser
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Callable
@@ -17,6 +20,7 @@ from requests_opsnow import OpsNowAuth
 from requests_opsnow._userfiles import MAX_CONFIG_SIZE
 from requests_opsnow.testing import FakeOpsNow
 
+from .helpers import Cli
 from .test_profiles import script, write_config, write_credentials
 
 pytestmark = pytest.mark.timeout(60)
@@ -157,3 +161,67 @@ def test_a_config_larger_than_the_limit_is_refused(config_home: Path) -> None:
     with pytest.raises(ValueError, match=f"larger than {MAX_CONFIG_SIZE} bytes") as caught:
         OpsNowAuth("k")
     assert str(path) in str(caught.value)
+
+
+# -- concurrent and careless writers -------------------------------------------------------------
+
+
+def test_concurrent_configures_lose_no_profile_and_no_key(
+    fake: FakeOpsNow, cli: Cli, config_home: Path
+) -> None:
+    environment = {**cli.env, "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]}
+    environment.pop("OPSNOW_API_KEY")
+    argv = [sys.executable, "-m", "requests_opsnow", "--base-url", fake.base_url, "configure"]
+    runs = [
+        subprocess.Popen(
+            [*argv, "--profile", f"p{n}", "--insecure-storage", "--no-verify"],
+            env=environment,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # no terminal: the key is read from stdin
+        )
+        for n in range(8)
+    ]
+    for run in runs:  # every one at its prompt; then all answer at once
+        assert run.stderr is not None
+        prompt = ""
+        while not prompt.endswith("(not echoed): "):
+            prompt += run.stderr.read(1) or pytest.fail(f"no prompt: {prompt}")
+    for n, run in enumerate(runs):
+        assert run.stdin is not None
+        run.stdin.write(f"key-of-p{n}\n")
+        run.stdin.flush()
+    outcomes = [run.communicate(timeout=30) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 8, outcomes
+    assert all("saved" in out for out, _ in outcomes)
+    config, credentials = configparser.ConfigParser(), configparser.ConfigParser()
+    config.read(config_home / "config")
+    credentials.read(config_home / "credentials")
+    assert sorted(config.sections()) == [f"p{n}" for n in range(8)]
+    assert {name: credentials[name]["api_key"] for name in credentials.sections()} == {
+        f"p{n}": f"key-of-p{n}" for n in range(8)
+    }
+
+
+def test_configure_writes_through_a_dotfile_manager_s_link(
+    fake: FakeOpsNow, cli: Cli, config_home: Path, tmp_path: Path
+) -> None:
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    kept = dotfiles / "opsnow-config"
+    kept.write_text("[old]\nregion = kr\n")
+    config_home.mkdir(parents=True)
+    (config_home / "config").symlink_to(kept)
+    helper = script(tmp_path, f"print({fake.api_key!r})")
+    result = cli(
+        "--base-url", fake.base_url, "configure", "--profile", "new", "--api-key-command", helper,
+        "--no-verify", XDG_CONFIG_HOME=os.environ["XDG_CONFIG_HOME"], OPSNOW_API_KEY="",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert os.readlink(config_home / "config") == str(kept)  # still the manager's link
+    saved = configparser.ConfigParser()
+    saved.read(kept)
+    assert saved.sections() == ["old", "new"]
+    assert [p.name for p in dotfiles.iterdir()] == ["opsnow-config"]  # no temporary left

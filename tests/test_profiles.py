@@ -436,3 +436,58 @@ def test_configure_with_a_refused_key_exits_3_and_saves_nothing(
     assert "rejected" in transcript
     assert "wrong-key-that-stays-secret" not in transcript
     assert not config_home.exists()
+
+
+def test_profiles_and_status_never_show_a_password_in_a_url(cli: Cli, config_home: Path) -> None:
+    write_config(
+        config_home,
+        "[default]\nbase_url = https://deploy:b4se-secret@127.0.0.1:9/api?sig=s1gned\n"
+        "token_cache = redis://:r3dis-secret@127.0.0.1:9/0\n",
+    )
+    env = {"XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"], "OPSNOW_BASE_URL": ""}
+    listed, status = cli("profiles", **env), cli("status", **env)
+    assert listed.returncode == status.returncode == 0, listed.stderr + status.stderr
+    assert "https://127.0.0.1:9/api" in listed.stdout
+    assert "redis://127.0.0.1:9/0" in listed.stdout
+    assert "https://127.0.0.1:9/api" in status.stdout
+    shown = listed.stdout + listed.stderr + status.stdout + status.stderr
+    for secret in ("b4se-secret", "r3dis-secret", "s1gned"):
+        assert secret not in shown
+
+
+@pytest.mark.parametrize(
+    ("source_before", "command", "environment"),
+    [
+        (
+            "plaintext",
+            ["configure", "--profile", "p", "--api-key-command", "HELPER", "--no-verify"],
+            {},
+        ),
+        ("command", ["logout", "--profile", "p"], {}),
+        ("command", ["logout"], {"OPSNOW_PROFILE": "p"}),
+    ],
+    ids=["configure-to-a-command", "logout", "logout-of-opsnow-profile"],
+)
+def test_a_plaintext_key_does_not_outlive_its_profile(
+    fake: FakeOpsNow,
+    cli: Cli,
+    config_home: Path,
+    tmp_path: Path,
+    source_before: str,
+    command: list[str],
+    environment: dict[str, str],
+) -> None:
+    helper = script(tmp_path, f"print({fake.api_key!r})")
+    write_config(
+        config_home,
+        f"[p]\nbase_url = {fake.base_url}\napi_key_source = {source_before}\n"
+        f"api_key_command = {helper}\n[other]\napi_key_source = plaintext\n",
+    )
+    write_credentials(config_home, {"p": "old-plaintext-key", "other": "other-profile-key"})
+    env = {"OPSNOW_API_KEY": "", "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]}
+    argv = [helper if part == "HELPER" else part for part in command]
+    result = cli("--base-url", fake.base_url, *argv, **env, **environment)
+    assert result.returncode == 0, result.stderr
+    credentials = (config_home / "credentials").read_text()
+    assert "old-plaintext-key" not in credentials
+    assert "other-profile-key" in credentials
