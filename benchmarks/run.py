@@ -3,7 +3,7 @@
 Everything is measured in one run, interleaved, and reported as ratios, because
 the machines these run on are shared and noisy. Peers (requests-auth, and
 httpx-auth for the httpx sections) are used when installed; matplotlib, when
-installed, draws ``benchmarks/latency.png`` (shown in the README). Results also
+installed, draws ``benchmarks/latency.png`` (shown in docs/performance.md). Results also
 go to ``benchmarks/out/results.json``.
 """
 
@@ -43,7 +43,7 @@ from requests_opsnow.testing import FakeOpsNow
 
 OUT = Path(__file__).resolve().parent / "out"
 PLOT = Path(__file__).resolve().parent / "latency.png"
-"""Shown in the README; rewritten by every run."""
+"""Shown in docs/performance.md; rewritten by every run."""
 API_URL = "https://api.opsnow360.io/platform/v2/companies"
 TOKEN_BODY = b'{"status":"success","data":{"accessToken":"stub-token","expiresIn":3600}}'
 TIMEOUT = 10.0
