@@ -31,8 +31,6 @@ import configparser
 import functools
 import io
 import os
-import shlex
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +38,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ._config import PROFILE_ENV
+from ._keysources import run_helper
 from ._runtime import RuntimeState
+from ._token import MAX_TOKEN_LENGTH
 from ._userfiles import MAX_CONFIG_SIZE, read_regular, replace_atomically, trust_problem
 from .errors import ApiKeyUnavailableError
 
@@ -52,7 +52,12 @@ WRITE_LOCK_WAIT = 10.0
 """Seconds ``opsnow configure`` or ``logout`` waits for another one writing the files."""
 
 API_KEY_COMMAND_TIMEOUT = 10.0
-"""Seconds an ``api_key_command`` may take before it is stopped and counted as failed."""
+"""Seconds an ``api_key_command`` may take before it is stopped (with its process group)
+and counted as failed."""
+
+MAX_KEY_COMMAND_OUTPUT = 65536
+"""Bytes of an ``api_key_command``'s output read at most (its first line is the key, the
+rest what ``pass show`` adds); a helper that prints more is stopped and counted as failed."""
 
 CREDENTIALS_NAME = "credentials"
 """The plaintext keys' file, beside the config file."""
@@ -216,7 +221,7 @@ def _key_from_source(profile: Profile) -> str | None:
                 f"profile {profile.name!r}: no key in the OS keyring; store one with:"
                 f" opsnow configure --profile {profile.name}"
             )
-        return str(key)
+        return _checked(str(key), f"profile {profile.name!r}: the key in the OS keyring")
     if source == "command":
         return _key_from_command(profile)
     if source == "plaintext":
@@ -233,39 +238,30 @@ def _key_from_command(profile: Profile) -> str:
             f"profile {profile.name!r}: api_key_source = command needs an api_key_command"
         )
     where = f"profile {profile.name!r}: api_key_command"
-    done = _run_key_command(profile.api_key_command)
+    done = run_helper(
+        profile.api_key_command, timeout=API_KEY_COMMAND_TIMEOUT, limit=MAX_KEY_COMMAND_OUTPUT
+    )
     if isinstance(done, str):
         raise ApiKeyUnavailableError(f"{where} {done}")
-    if done.returncode != 0:
+    if done.status != 0:
         raise ApiKeyUnavailableError(
-            f"{where} failed with exit status {done.returncode} (its output is not shown:"
+            f"{where} failed with exit status {done.status} (its output is not shown:"
             " it may hold the key); run it by hand to see why"
         )
-    output = done.stdout.decode("utf-8", "replace").strip()
+    output = done.output.decode("utf-8", "replace").strip()
     if not output:
         raise ApiKeyUnavailableError(f"{where} printed no key")
-    return output.splitlines()[0].strip()  # like `pass show`: the key, then other fields
+    key = output.splitlines()[0].strip()  # like `pass show`: the key, then other fields
+    return _checked(key, f"{where}'s first line")
 
 
-def _run_key_command(command: str) -> subprocess.CompletedProcess[bytes] | str:
-    """The finished command, or why it did not finish. Raised outside the ``except``: a
-    timeout's exception holds the output so far, which may be the key, and an exception
-    raised inside would keep it as its ``__context__``."""
-    try:
-        argv = shlex.split(command)
-        return subprocess.run(  # noqa: S603 - the user's own command, without a shell
-            argv,
-            capture_output=True,  # stderr too: a failing helper may print the key there
-            stdin=subprocess.DEVNULL,
-            timeout=API_KEY_COMMAND_TIMEOUT,
-            check=False,
+def _checked(key: str, what: str) -> str:
+    """``key``, unless it is too long to be one (the limit of a token: one limit for both)."""
+    if len(key) > MAX_TOKEN_LENGTH:
+        raise ApiKeyUnavailableError(
+            f"{what} is {len(key)} characters long: not an API key (at most {MAX_TOKEN_LENGTH})"
         )
-    except subprocess.TimeoutExpired:
-        return f"took longer than {API_KEY_COMMAND_TIMEOUT:g} s; it was stopped"
-    except OSError as exc:
-        return f"could not be run ({type(exc).__name__}: {exc.strerror or 'bad command'})"
-    except ValueError as exc:
-        return f"could not be parsed: {exc}"
+    return key
 
 
 def _key_from_credentials(profile: Profile) -> str:
@@ -277,7 +273,7 @@ def _key_from_credentials(profile: Profile) -> str:
             f"profile {profile.name!r}: no api_key for it in {path}; store one with:"
             f" opsnow configure --profile {profile.name} --insecure-storage"
         )
-    return key
+    return _checked(key, f"profile {profile.name!r}: the api_key in {path}")
 
 
 def _keyring_call(profile: Profile, method: str, *args: str) -> Any:
