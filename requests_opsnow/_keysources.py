@@ -16,7 +16,8 @@ import selectors
 import shlex
 import signal
 import subprocess
-from typing import NamedTuple
+import threading
+from typing import Any, Callable, NamedTuple
 
 from . import _clock
 
@@ -135,3 +136,42 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(KILL_WAIT)
+
+
+class BackgroundCall:
+    """``function()`` in a daemon thread of its own, so that its caller can stop waiting.
+
+    For a keyring backend, which may block on an unlock prompt or a D-Bus peer that never
+    answers, and which cannot be cancelled: a caller waits :meth:`wait` seconds at most,
+    and a call still running then goes on until the backend returns (its thread ends
+    with it). Whatever the function raised is kept, not raised: the caller decides what
+    of it may be shown (a backend's message may quote a secret).
+    """
+
+    def __init__(self, function: Callable[[], Any], name: str) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+        # A plain lock as a latch: released once the call ends (``docs/design.md``, "Token
+        # lifecycle": no threading.Event on a path a signal handler can interrupt).
+        self._ended = threading.Lock()
+        self._ended.acquire()
+        threading.Thread(target=self._run, args=(function,), name=name, daemon=True).start()
+
+    def _run(self, function: Callable[[], Any]) -> None:
+        try:
+            self.value = function()
+        except BaseException as exc:  # noqa: BLE001 - kept for the caller to judge
+            self.error = exc
+        finally:
+            self._ended.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the call ended within ``timeout`` seconds."""
+        if self._ended.acquire(timeout=timeout):
+            self._ended.release()
+            return True
+        return False
+
+    @property
+    def running(self) -> bool:
+        return not self.wait(0)

@@ -35,10 +35,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from ._config import PROFILE_ENV
-from ._keysources import run_helper
+from ._keysources import BackgroundCall, run_helper
 from ._runtime import RuntimeState
 from ._token import MAX_TOKEN_LENGTH
 from ._userfiles import MAX_CONFIG_SIZE, read_regular, replace_atomically, trust_problem
@@ -54,6 +54,10 @@ WRITE_LOCK_WAIT = 10.0
 API_KEY_COMMAND_TIMEOUT = 10.0
 """Seconds an ``api_key_command`` may take before it is stopped (with its process group)
 and counted as failed."""
+
+KEYRING_TIMEOUT = 30.0
+"""Seconds a keyring call may take (a keyring may wait for its password to be typed); then
+the key is unavailable, and the call goes on in its own thread until the backend returns."""
 
 MAX_KEY_COMMAND_OUTPUT = 65536
 """Bytes of an ``api_key_command``'s output read at most (its first line is the key, the
@@ -189,7 +193,13 @@ def delete_key(profile: Profile) -> bool:
 
 
 def keyring_problem() -> str | None:
-    """Why keys cannot go in the OS keyring here, or None when a real backend exists."""
+    """Why keys cannot go in the OS keyring here, or None when a real backend exists; asked
+    within :data:`KEYRING_TIMEOUT` (loading a backend may wait on it)."""
+    answer = _keys.ask_keyring(_keyring_problem_now, KEYRING_TIMEOUT)
+    return answer if isinstance(answer, str) or answer is None else answer.problem
+
+
+def _keyring_problem_now() -> str | None:
     try:
         import keyring
         from keyring.backends import fail
@@ -277,21 +287,33 @@ def _key_from_credentials(profile: Profile) -> str:
 
 
 def _keyring_call(profile: Profile, method: str, *args: str) -> Any:
-    problem = keyring_problem()
-    if problem is not None:
+    """``keyring.<method>(*args)`` within :data:`KEYRING_TIMEOUT`; any failure is an
+    ApiKeyUnavailableError naming the profile and the backend error's class, never its
+    message (a backend's message may quote what it was given)."""
+    answer = _keys.ask_keyring(functools.partial(_in_keyring, method, args), KEYRING_TIMEOUT)
+    if not isinstance(answer, _KeyringFailure):
+        return answer
+    if answer.unusable:
         raise ApiKeyUnavailableError(
-            f"profile {profile.name!r} keeps its key in the OS keyring, but {problem};"
+            f"profile {profile.name!r} keeps its key in the OS keyring, but {answer.problem};"
             " use api_key_command, or OPSNOW_API_KEY"
         )
-    import keyring
-    from keyring.errors import KeyringError
+    raise ApiKeyUnavailableError(f"profile {profile.name!r}: {answer.problem}")
 
-    try:
-        return getattr(keyring, method)(*args)
-    except KeyringError as exc:
-        raise ApiKeyUnavailableError(
-            f"profile {profile.name!r}: the OS keyring failed ({type(exc).__name__})"
-        ) from None
+
+def _in_keyring(method: str, args: tuple[str, ...]) -> Any:
+    problem = _keyring_problem_now()
+    if problem is not None:
+        return _KeyringFailure(problem, unusable=True)
+    import keyring
+
+    return getattr(keyring, method)(*args)
+
+
+class _KeyringFailure(NamedTuple):
+    problem: str
+    unusable: bool = False
+    """No keyring here at all (rather than a keyring that failed)."""
 
 
 def _set_plaintext_key(name: str, api_key: str | None) -> bool:
@@ -467,7 +489,7 @@ def _line(error: configparser.Error) -> object:
 class _Keys(RuntimeState):
     """Keys read from sources, remembered per profile and source for the process's life."""
 
-    _runtime_fields = ("_lock", "_known")
+    _runtime_fields = ("_lock", "_known", "_keyring_call")
 
     def __init__(self) -> None:
         self._start_runtime()
@@ -475,6 +497,7 @@ class _Keys(RuntimeState):
     def _new_runtime_state(self) -> None:
         self._lock = threading.Lock()
         self._known: dict[tuple[str, str, str | None, str | None], str | None] = {}
+        self._keyring_call: BackgroundCall | None = None
 
     def key(self, profile: Profile) -> str | None:
         identity = (
@@ -495,6 +518,30 @@ class _Keys(RuntimeState):
         with self._lock:
             for identity in [i for i in self._known if i[1] == profile.name]:
                 del self._known[identity]
+
+    def ask_keyring(self, function: Callable[[], Any], timeout: float) -> Any:
+        """What ``function`` (a keyring call) returned, within ``timeout`` s; else a
+        :class:`_KeyringFailure`. One call at a time: while a call the keyring never
+        answered is still running, no other starts (no thread piles up behind it)."""
+        with self._lock:
+            stuck = self._keyring_call is not None and self._keyring_call.running
+            if not stuck:
+                self._keyring_call = BackgroundCall(function, "requests-opsnow-keyring")
+            call = self._keyring_call
+        if stuck:
+            return _KeyringFailure(
+                "the OS keyring has not answered an earlier call yet (is it waiting for"
+                " its password?); try again later"
+            )
+        assert call is not None
+        if not call.wait(timeout):
+            return _KeyringFailure(
+                f"the OS keyring did not answer within {timeout:g} s (is it waiting for its"
+                " password?)"
+            )
+        if call.error is not None:
+            return _KeyringFailure(f"the OS keyring failed ({type(call.error).__name__})")
+        return call.value
 
 
 _files = _Files()

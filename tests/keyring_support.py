@@ -75,3 +75,10 @@ class LockedKeyring(FileKeyring):
 
     def set_password(self, service: str, username: str, password: str) -> None:
         raise KeyringError("the keyring is locked")
+
+
+class LeakyKeyring(FileKeyring):
+    """A keyring whose backend fails with its own exception, quoting a secret."""
+
+    def get_password(self, service: str, username: str) -> str | None:
+        raise RuntimeError("backend exploded; secret: hunter2")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 keyring = pytest.importorskip("keyring", reason="the keyring extra is not installed")
 
+from keyring.backend import KeyringBackend  # noqa: E402
 from keyring.backends import fail  # noqa: E402
 from keyring.errors import KeyringError  # noqa: E402
 
@@ -145,3 +148,70 @@ def test_configure_with_a_keyring_that_refuses_the_key_exits_3_and_saves_no_prof
     assert "the OS keyring failed" in transcript
     assert fake.api_key not in transcript
     assert not config_home.exists()  # no profile that points at a key that is not there
+
+
+@pytest.fixture
+def use_keyring() -> Iterator[Callable[[KeyringBackend], None]]:
+    previous = keyring.get_keyring()
+    yield keyring.set_keyring
+    keyring.set_keyring(previous)
+
+
+@pytest.mark.timeout(15)
+def test_a_keyring_that_never_answers_is_given_up_on_within_its_bound(
+    config_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    use_keyring: Callable[[KeyringBackend], None],
+) -> None:
+    answer = threading.Event()
+
+    class LockedForever(MemoryKeyring):  # as a keyring waiting for its unlock prompt
+        def get_password(self, service: str, username: str) -> str | None:
+            answer.wait(30)
+            return None
+
+    monkeypatch.setattr(profiles, "KEYRING_TIMEOUT", 0.5)
+    use_keyring(LockedForever())
+    write_config(config_home, "[kr]\napi_key_source = keyring\n")
+    try:
+        with pytest.raises(ApiKeyUnavailableError, match=r"did not answer within 0\.5 s") as caught:
+            OpsNowAuth(profile="kr")
+        assert "'kr'" in str(caught.value)
+        with pytest.raises(ApiKeyUnavailableError):
+            OpsNowAuth(profile="kr")  # at once: no second call piles up behind the first
+        keyring_threads = [t for t in threading.enumerate() if "keyring" in t.name]
+        assert len(keyring_threads) == 1
+    finally:
+        answer.set()  # the backend's own call ends, and its thread with it
+        for thread in threading.enumerate():
+            if thread.name == "requests-opsnow-keyring":
+                thread.join(5)
+
+
+def test_any_keyring_backend_error_is_unavailable_without_its_message(
+    config_home: Path, use_keyring: Callable[[KeyringBackend], None]
+) -> None:
+    class Leaky(MemoryKeyring):
+        def get_password(self, service: str, username: str) -> str | None:
+            raise RuntimeError("backend exploded; secret: hunter2")
+
+    use_keyring(Leaky())
+    write_config(config_home, "[default]\napi_key_source = keyring\n")
+    with pytest.raises(
+        ApiKeyUnavailableError, match=r"the OS keyring failed \(RuntimeError\)"
+    ) as caught:
+        OpsNowAuth()
+    assert "hunter2" not in str(caught.value)
+    assert caught.value.__context__ is None
+    assert caught.value.__cause__ is None
+
+
+def test_opsnow_token_with_a_failing_keyring_backend_exits_3_without_its_message(
+    cli: Cli, cli_keyring: dict[str, str], config_home: Path
+) -> None:
+    write_config(config_home, "[default]\napi_key_source = keyring\n")
+    leaky = {**cli_keyring, "PYTHON_KEYRING_BACKEND": "tests.keyring_support.LeakyKeyring"}
+    result = cli("token", **leaky, OPSNOW_API_KEY="")
+    assert result.returncode == 3, result.stderr
+    assert "the OS keyring failed (RuntimeError)" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
