@@ -14,6 +14,7 @@ import functools
 import heapq
 import logging
 import threading
+from collections import deque
 from collections.abc import Generator
 from typing import Any, Callable, Protocol, TypeVar, cast
 
@@ -36,6 +37,11 @@ from ._token import Token
 log = logging.getLogger("requests_opsnow")
 
 T = TypeVar("T")
+
+REFRESH_THREADS = 32
+"""Early refreshes run on at most this many threads at once: 2,000 keys due together with
+a 3 s token endpoint are all refreshed within the 300 s margin (a caller that needs a
+token before its refresh has started flies it itself)."""
 
 WATCHDOG_EXIT = 1.0
 """Seconds the last fetch to end waits for the watchdog thread to go (it goes at once)."""
@@ -105,24 +111,53 @@ def fetch(effect: Fetch, transport: Transport) -> Token:
 
 
 def _detach(effect: Fly, transport: Transport) -> None:
-    """An early refresh: its flight's flow in a short-lived daemon thread."""
-    worker = threading.Thread(
-        target=_unattended,
-        args=(effect.flow, transport),
-        name="requests-opsnow-refresh",
-        daemon=True,
-    )
-    try:
-        worker.start()
-    except RuntimeError:  # no new threads at interpreter shutdown: the flight is abandoned
-        log.debug("could not start the token refresh thread", exc_info=True)
+    """An early refresh: its flight's flow on one of the refresh threads."""
+    effect.flight.queued = True
+    _refreshers.submit(effect.flow, transport)
 
 
-def _unattended(flow: Flow[None], transport: Transport) -> None:
-    try:
-        run(flow, transport)
-    except Exception:  # the flight has landed with it: nobody to raise it to
-        log.debug("early token refresh failed", exc_info=True)
+class _Refreshers(RuntimeState):
+    """Up to :data:`REFRESH_THREADS` threads that run early refreshes, started while there
+    are refreshes to run and gone when there are none."""
+
+    _runtime_fields = ("_lock", "_queue", "_threads")
+
+    def __init__(self) -> None:
+        self._start_runtime()
+
+    def _new_runtime_state(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[Flow[None], Transport]] = deque()
+        self._threads = 0
+
+    def submit(self, flow: Flow[None], transport: Transport) -> None:
+        with self._lock:
+            self._queue.append((flow, transport))
+            if self._threads >= REFRESH_THREADS:
+                return
+            self._threads += 1
+        worker = threading.Thread(target=self._work, name="requests-opsnow-refresh", daemon=True)
+        try:
+            worker.start()
+        except RuntimeError:  # no new threads at interpreter shutdown: callers fly it themselves
+            with self._lock:
+                self._threads -= 1
+            log.debug("could not start a token refresh thread", exc_info=True)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._threads -= 1
+                    return
+                flow, transport = self._queue.popleft()
+            try:
+                run(flow, transport)
+            except Exception:  # the flight has landed with it: nobody to raise it to
+                log.debug("early token refresh failed", exc_info=True)
+
+
+_refreshers = _Refreshers()
 
 
 class _Watchdog(RuntimeState):

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import enum
 import logging
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Generator, Hashable, Iterator
@@ -23,20 +24,35 @@ from typing import Any, Callable, ClassVar, NamedTuple, TypeVar, Union
 from weakref import WeakValueDictionary
 
 from . import _clock
-from ._protocol import BOUND_SETTINGS
+from ._protocol import BOUND_SETTINGS, retry_after
 from ._runtime import RuntimeState
 from ._token import Token
 from .cache import TokenCache, cache_key
-from .errors import OpsNowAuthError, TokenRequestError
+from .errors import InvalidApiKeyError, OpsNowAuthError, TokenRequestError, TokenResponseError
 
 log = logging.getLogger("requests_opsnow")
+
+REFRESH_JITTER = 0.2
+"""A token falls due up to this fraction of the refresh margin earlier than the margin
+says, at random: 2,000 tokens fetched at once fall due over a minute, not at once."""
 
 MANDATORY_WINDOW = 10.0
 """A token this close to expiry is EXPIRED: callers wait for a new one. Capped at half
 the (capped) refresh margin, so short-lived tokens still get a non-blocking refresh."""
 
-EARLY_RETRY_DELAY = 5.0
-"""After a failed early refresh, the next background attempt waits this long."""
+BACKOFF_FIRST = 2.0
+"""After a token request fails, no new one for a window of up to this many seconds (full
+jitter: a random time between 0 and it), doubling with each failure in a row..."""
+
+BACKOFF_MAX = 60.0
+"""...up to this many seconds..."""
+
+BACKOFF_MIN = 1.0
+"""...and never less than this (nor less than the server's ``Retry-After``). Callers in
+the window get the failure again at once; a valid token is used throughout."""
+
+REJECTED_KEY_BACKOFF = 60.0
+"""After the key is rejected (``InvalidApiKeyError``), no token request for this long."""
 
 REFETCH_AFTER_401_INTERVAL = 30.0
 """A request whose replay (with the token fetched after its 401) is refused too means
@@ -47,10 +63,18 @@ token. An always-401 route costs one token request per interval, not one per cal
 REMEMBERED_REFUSALS = 64
 """Routes remembered as refused (above), most recent first, per lifecycle."""
 
-REMEMBERED_LIFECYCLES = 64
-"""Lifecycles kept alive after their last auth is gone, most recently used first, so
-that an auth built per call finds the token of the previous call. Older ones live only
-as long as an auth uses them: memory stays bounded however many keys pass through."""
+REMEMBERED_BYTES = 32 * 1024 * 1024
+"""Lifecycles are kept alive after their last auth is gone, most recently used first, up
+to about this much memory, so that an auth built per call finds the token of the previous
+call: some 9,800 keys with tokens of a JWT's size. Older ones live only as long as an auth
+uses them: memory stays bounded however many keys pass through."""
+
+LIFECYCLE_BYTES = 1024
+"""A lifecycle's size, less its token's (measured: 850 bytes; the token and its header
+add twice the token's length)."""
+
+JWT_LENGTH = 1200
+"""The token length a lifecycle is weighed with before its token arrives (a JWT's)."""
 
 WAIT_SLACK = 1.0
 """Seconds a waiter allows beyond a fetch's own bound (thread scheduling) before it
@@ -71,13 +95,18 @@ class TokenState(enum.Enum):
     EXPIRED = "expired"
 
 
-def refresh_deadlines(token: Token, refresh_margin: float) -> tuple[float, float]:
+def refresh_deadlines(
+    token: Token, refresh_margin: float, jitter: float = 0.0
+) -> tuple[float, float]:
     """``(refresh_at, block_at)``: when ``token`` becomes DUE, and when EXPIRED.
 
     The margin is capped at half the token's lifetime, so a 10 s token is not
-    refreshed on every request. The one place this arithmetic lives.
+    refreshed on every request; ``jitter`` (0 to 1) widens it by up to
+    :data:`REFRESH_JITTER`, so that tokens fetched together do not fall due
+    together. The one place this arithmetic lives.
     """
-    margin = min(refresh_margin, (token.expires_at - token.issued_at) / 2)
+    widened = refresh_margin * (1 + REFRESH_JITTER * jitter)
+    margin = min(widened, (token.expires_at - token.issued_at) / 2)
     return token.expires_at - margin, token.expires_at - min(MANDATORY_WINDOW, margin / 2)
 
 
@@ -89,7 +118,7 @@ class HeldToken:
     def __init__(self, token: Token, refresh_margin: float) -> None:
         self.token = token
         self.header = f"Bearer {token.value}"
-        self.refresh_at, self.block_at = refresh_deadlines(token, refresh_margin)
+        self.refresh_at, self.block_at = refresh_deadlines(token, refresh_margin, random.random())
 
     def state(self, now: float) -> TokenState:
         if now < self.refresh_at:
@@ -151,7 +180,8 @@ class Flight:
         self.created_at = _clock.monotonic()
         self.deadline = self.created_at + bound + WAIT_SLACK
         self.cancellation = Cancellation()
-        self.started = False
+        self.started = False  # whoever runs it (see TokenLifecycle._fly), from when it does
+        self.queued = False  # a driver will run it (an early refresh waiting for a thread)
         self.runner_alive: Callable[[], bool] | None = None
         self.landed = False
         self.held: HeldToken | None = None
@@ -175,10 +205,10 @@ class Flight:
         started, or its event loop is closed or stopped)."""
         if self.landed:
             return False
+        if not self.started:
+            return not self.queued and now - self.created_at > LIVENESS_POLL
         if now >= self.deadline:
             return True
-        if not self.started:
-            return now - self.created_at > LIVENESS_POLL
         alive = self.runner_alive
         return alive is not None and not alive()
 
@@ -227,6 +257,45 @@ def _failed(error: Exception) -> TokenRequestError:
     failure = TokenRequestError(f"the token request failed: {type(error).__name__}")
     failure.__cause__ = error
     return failure
+
+
+def _backoff_until(error: BaseException, failures: int) -> float:
+    """When the backoff window after the ``failures``-th failed flight in a row ends."""
+    if isinstance(error, InvalidApiKeyError):
+        window = REJECTED_KEY_BACKOFF
+    else:
+        ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures - 1, 32))
+        window = max(BACKOFF_MIN, random.uniform(0, ceiling))
+    response = getattr(error, "response", None)
+    asked = retry_after(response.headers) if response is not None else None
+    return _clock.now() + max(window, asked or 0.0)
+
+
+_UNTIL = "_opsnow_backoff_until"
+"""Set on an error whose backoff window is already decided (recorded in the store)."""
+
+_RECORDED_ERRORS = {kind.__name__: kind for kind in (InvalidApiKeyError, TokenResponseError)}
+
+
+def _recorded(until: float, kind: str, message: str) -> OpsNowAuthError:
+    """The error of a backoff window another process or host recorded in the store."""
+    error: OpsNowAuthError = _RECORDED_ERRORS.get(kind, TokenRequestError)(
+        f"{message} (recorded in the store)"
+    )
+    vars(error)[_UNTIL] = until  # the window it ends with
+    return error
+
+
+def _in_window(error: BaseException, remaining: float) -> BaseException:
+    """The error that ended the last flight, for a caller in the backoff window after it:
+    of the same class, saying when the next token request will be."""
+    message = f"{error} (no new token request for {remaining:.0f} s: backing off)"
+    again = _own_copy(error)
+    if again is error:  # it could not be copied
+        again = TokenRequestError(message)
+        again.__cause__ = error
+    again.args = (message,)
+    return again
 
 
 # -- effects: what a flow asks its driver to do ---------------------------------------------------
@@ -281,9 +350,12 @@ class TokenLifecycle(RuntimeState):
     """The token of one (token URL, key, refresh margin, store) in this process."""
 
     _runtime_fields = (
-        "_lock", "held", "_flight", "_rejected", "_early_retry_at", "_refused", "_store_failing",
+        "_lock", "held", "_flight", "_rejected", "_refused", "_store_failing", "_failures",
+        "_backoff_until", "_backoff_error",
     )  # fmt: skip
-    _kept_across_fork = ("held", "_rejected", "_refused")
+    _kept_across_fork = (
+        "held", "_rejected", "_refused", "_failures", "_backoff_until", "_backoff_error",
+    )  # fmt: skip
 
     def __init__(self, key: str, refresh_margin: float, store: TokenCache | None) -> None:
         self.key = key  # the store's key: a digest, never the API key
@@ -299,9 +371,11 @@ class TokenLifecycle(RuntimeState):
         self.held: HeldToken | None = None  # read without the lock on the hot path
         self._flight: Flight | None = None
         self._rejected: Token | None = None  # never taken from the store again
-        self._early_retry_at = 0.0
         self._refused: OrderedDict[str, tuple[Token, float]] = OrderedDict()
         self._store_failing = False
+        self._failures = 0  # failed flights in a row
+        self._backoff_until = 0.0  # wall-clock: a window may come from a shared store
+        self._backoff_error: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(store={self.store!r})"
@@ -426,13 +500,21 @@ class TokenLifecycle(RuntimeState):
     # -- single flight ---------------------------------------------------------------------
 
     def _join(self, bound: float, unwanted: Token | None) -> Flow[HeldToken]:
-        """A usable token: the held one, or the result of the flight in progress or a new one."""
+        """A usable token: the held one, or the result of the flight in progress or a new one;
+        in a backoff window, its error (unless the store got a token meanwhile)."""
         while True:
             with self._lock:
                 usable = self._usable_unless(unwanted)
                 if usable is not None:
                     return usable
                 flight, leading = self._claim_flight(bound)
+            if isinstance(flight, BaseException):  # a backoff window
+                adopted: HeldToken | None = None
+                if self.store is not None:
+                    adopted = yield Io(self._adopt_stored)
+                if adopted is None:
+                    raise flight
+                return adopted
             if leading:
                 yield from self._launch(flight)
             yield Wait(flight)
@@ -451,12 +533,18 @@ class TokenLifecycle(RuntimeState):
             return held
         return None
 
-    def _claim_flight(self, bound: float) -> tuple[Flight, bool]:
-        """The flight in the air, or a new one this caller leads: ``(flight, leading)``.
-        Lock held. A stalled flight is joined, to be retired by :meth:`_outcome`."""
+    def _claim_flight(self, bound: float) -> tuple[Flight | BaseException, bool]:
+        """``(flight, leading)``: the flight in the air, or a new one this caller leads; in a
+        backoff window, ``(its error, False)``. Lock held. A stalled flight is joined, to be
+        retired by :meth:`_outcome`."""
         flight = self._flight
         if flight is not None and not flight.landed:
-            return flight, False
+            # An early refresh still queued for a thread: this caller, which needs the
+            # token now, flies it itself (whoever starts it first runs it).
+            return flight, flight.early and not flight.started
+        now = _clock.now()
+        if now < self._backoff_until and self._backoff_error is not None:
+            return _in_window(self._backoff_error, self._backoff_until - now), False
         flight = self._flight = Flight(bound + self._store_wait, early=False)
         return flight, True
 
@@ -501,14 +589,15 @@ class TokenLifecycle(RuntimeState):
             yield from self._launch(flight)
 
     def _claim_early_flight(self, held: HeldToken, bound: float) -> Flight | None:
-        """A new early-refresh flight for the DUE ``held``, unless one runs or failed just now."""
-        if self._flight is not None or _clock.now() < self._early_retry_at:
+        """A new early-refresh flight for the DUE ``held``, unless one runs, or in a backoff
+        window."""
+        if self._flight is not None or _clock.now() < self._backoff_until:
             return None  # the common case while a refresh runs: no lock taken
         with self._lock:
             if (
                 self._flight is not None
                 or self.held is not held
-                or _clock.now() < self._early_retry_at
+                or _clock.now() < self._backoff_until
             ):
                 return None
             flight = self._flight = Flight(bound + self._store_wait, early=True)
@@ -517,9 +606,11 @@ class TokenLifecycle(RuntimeState):
     def _fly(self, flight: Flight) -> Flow[None]:
         """A flight's own flow: read the store or fetch, then land, with the token or with
         the answer every waiter gets (``docs/design.md``, "Token lifecycle")."""
-        if flight.landed:  # retired before anyone ran it
-            return
-        flight.started = True
+        with self._lock:
+            if flight.landed or flight.started:  # retired before it ran, or run by another
+                return
+            flight.started = True
+            flight.deadline = _clock.monotonic() + flight.bound + WAIT_SLACK
         if self.store is None:
             log.debug("fetching a new OpsNow token")
         held: HeldToken | None = None
@@ -551,10 +642,15 @@ class TokenLifecycle(RuntimeState):
             current = self._flight is flight  # not one from before forget()
             if current:
                 self._flight = None
-            if current and held is not None and held.token != self._rejected:
-                self.held = held
-            elif current and flight.early:
-                self._early_retry_at = _clock.now() + EARLY_RETRY_DELAY
+            if current and held is not None:
+                self._failures, self._backoff_until, self._backoff_error = 0, 0.0, None
+                if held.token != self._rejected:
+                    self.held = held
+            elif current and error is not None and error is not _INTERRUPTED:
+                self._failures += 1
+                until = vars(error).get(_UNTIL)
+                self._backoff_until = until or _backoff_until(error, self._failures)
+                self._backoff_error = error
         flight._wake()
 
     def _drop(self, rejected: Token) -> bool:
@@ -571,22 +667,47 @@ class TokenLifecycle(RuntimeState):
     # -- the store: advisory, never fatal -------------------------------------------------------
 
     def _through_store(self, fetch: FetchFunction, flight: Flight) -> Token:
-        """Lock the store, use the token it holds if still VALID, else fetch and store one."""
+        """Lock the store, use the token it holds if still VALID, else fetch and store one;
+        within a backoff window another process or host recorded there, its error."""
         with self._store_lock():
-            cached = self._store_get()
-            # Read after the store: a 401 elsewhere may just have rejected that very token.
-            rejected = self._rejected
-            if (
-                cached is not None
-                and cached != rejected
-                and _clock.now() < refresh_deadlines(cached, self.refresh_margin)[0]
-            ):
+            cached = self._stored_usable()
+            if cached is not None:
                 log.debug("using the token another caller stored in %r", self.store)
                 return cached
+            window = self._store_call("backoff", None)
+            if isinstance(window, tuple) and len(window) == 3 and _clock.now() < window[0]:
+                raise _recorded(*window)
             log.debug("fetching a new OpsNow token")
-            token = fetch(flight.cancellation)
+            try:
+                token = fetch(flight.cancellation)
+            except OpsNowAuthError as error:
+                until = _backoff_until(error, self._failures + 1)
+                vars(error)[_UNTIL] = until  # for _land: the window this process records
+                self._store_call("set_backoff", None, until, type(error).__name__, str(error))
+                raise
             self._store_set(token)
             return token
+
+    def _stored_usable(self) -> Token | None:
+        """The store's token, if VALID and not the one a 401 rejected. Blocking."""
+        cached = self._store_get()
+        # Read after the store: a 401 elsewhere may just have rejected that very token.
+        rejected = self._rejected
+        if cached is None or cached == rejected:
+            return None
+        return cached if _clock.now() < refresh_deadlines(cached, self.refresh_margin)[0] else None
+
+    def _adopt_stored(self) -> HeldToken | None:
+        """In a backoff window: a token another process or host stored ends it. Blocking."""
+        token = self._stored_usable()
+        if token is None:
+            return None
+        held = HeldToken(token, self.refresh_margin)
+        with self._lock:
+            self.held = held
+            self._failures, self._backoff_until, self._backoff_error = 0, 0.0, None
+        log.debug("a token arrived in %r: the backoff window ends", self.store)
+        return held
 
     @contextlib.contextmanager
     def _store_lock(self) -> Iterator[None]:
@@ -631,6 +752,18 @@ class TokenLifecycle(RuntimeState):
             except Exception as exc:  # noqa: BLE001
                 self._store_failed(exc)
 
+    def _store_call(self, method: str, default: object, *args: object) -> object:
+        """``store.method(key, *args)`` if the store has that optional method (a backoff
+        window's record); ``default`` without it, or when the store fails."""
+        call = getattr(self.store, method, None)
+        if call is None:
+            return default
+        try:
+            return call(self.key, *args)
+        except Exception as exc:  # noqa: BLE001
+            self._store_failed(exc)
+            return default
+
     def _store_failed(self, error: Exception) -> None:
         with self._lock:
             first, self._store_failing = not self._store_failing, True
@@ -648,10 +781,11 @@ class TokenLifecycle(RuntimeState):
 
 
 class _Registry(RuntimeState):
-    """Lifecycles by identity: alive while an auth uses them or among the recent ones."""
+    """Lifecycles by identity: alive while an auth uses them or among the recent ones,
+    within :data:`REMEMBERED_BYTES`."""
 
-    _runtime_fields: ClassVar[tuple[str, ...]] = ("lock", "alive", "_recent")
-    _kept_across_fork = ("alive", "_recent")
+    _runtime_fields: ClassVar[tuple[str, ...]] = ("lock", "alive", "_recent", "_bytes")
+    _kept_across_fork = ("alive", "_recent", "_bytes")
 
     def __init__(self) -> None:
         self._start_runtime()
@@ -659,7 +793,8 @@ class _Registry(RuntimeState):
     def _new_runtime_state(self) -> None:
         self.lock = threading.Lock()
         self.alive: WeakValueDictionary[Hashable, TokenLifecycle] = WeakValueDictionary()
-        self._recent: OrderedDict[Hashable, TokenLifecycle] = OrderedDict()
+        self._recent: OrderedDict[Hashable, tuple[TokenLifecycle, int]] = OrderedDict()
+        self._bytes = 0  # the estimated size of what _recent keeps alive
 
     def get(
         self, token_url: str, api_key: str, refresh_margin: float, store: TokenCache | None
@@ -670,10 +805,14 @@ class _Registry(RuntimeState):
             if lifecycle is None:
                 lifecycle = TokenLifecycle(identity[0], refresh_margin, store)
                 self.alive[identity] = lifecycle
-            self._recent[identity] = lifecycle
-            self._recent.move_to_end(identity)
-            while len(self._recent) > REMEMBERED_LIFECYCLES:
-                self._recent.popitem(last=False)
+            held = lifecycle.held  # a token arrives after this call: weighed as a JWT's at least
+            size = LIFECYCLE_BYTES + 2 * max(len(held.header) if held else 0, JWT_LENGTH)
+            _, before = self._recent.pop(identity, (lifecycle, 0))
+            self._recent[identity] = (lifecycle, size)
+            self._bytes += size - before
+            while self._bytes > REMEMBERED_BYTES:  # the least recently used go first
+                _, (_, forgotten) = self._recent.popitem(last=False)
+                self._bytes -= forgotten
         return lifecycle
 
 

@@ -109,6 +109,36 @@ def _token_in_record(raw: str | bytes) -> Token | None:
     return Token(value, expires_at, issued_at)
 
 
+BACKOFF_FORMAT = "requests-opsnow/backoff/1"
+"""Marks a stored backoff window (a failed token request) as ours."""
+
+_MAX_BACKOFF_MESSAGE = 1000
+
+
+def backoff_to_record(until: float, kind: str, message: str) -> str:
+    """A backoff window as the shared stores keep it: when it ends, the error's class name
+    and its message (which holds no key)."""
+    record = {"format": BACKOFF_FORMAT, "until": until, "kind": kind, "message": message}
+    return json.dumps(record, sort_keys=True)[:MAX_RECORD_SIZE]
+
+
+def backoff_from_record(raw: str | bytes) -> tuple[float, str, str] | None:
+    """``(until, kind, message)`` from a stored window; None for anything unusable."""
+    try:
+        if len(raw) > MAX_RECORD_SIZE:
+            return None
+        record = json.loads(raw)
+        until = _finite_number(record["until"], strings=False)
+        kind, message = record["kind"], record["message"]
+        if record["format"] != BACKOFF_FORMAT or until is None:
+            return None
+        if isinstance(kind, str) and isinstance(message, str) and kind.isidentifier():
+            return until, kind, message[:_MAX_BACKOFF_MESSAGE]
+    except Exception:  # noqa: BLE001 - outside data: unusable means absent
+        return None
+    return None
+
+
 def check_token_value(value: object) -> str:
     """Return ``value`` if it is safe to put in an ``Authorization`` header."""
     if not isinstance(value, str) or not value:

@@ -39,7 +39,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import _clock
 from ._runtime import RuntimeState
-from ._token import Token, token_from_record, token_to_record
+from ._token import (
+    Token,
+    backoff_from_record,
+    backoff_to_record,
+    token_from_record,
+    token_to_record,
+)
 from .cache import MemoryTokenCache
 
 __all__ = ["RedisTokenCache"]
@@ -179,6 +185,7 @@ class RedisTokenCache(RuntimeState):
 
     def set(self, key: str, token: Token) -> None:
         self._local.set(key, token)
+        self._call(self._redis.delete, f"{self.prefix}backoff:{key}")  # the way is clear
         milliseconds = math.floor((token.expires_at - _clock.now()) * 1000)
         if milliseconds > 0:
             self._call(
@@ -195,6 +202,20 @@ class RedisTokenCache(RuntimeState):
 
     def lock(self, key: str) -> AbstractContextManager[object]:
         return self._locked(key)
+
+    # -- a backoff window the fleet shares (optional to the protocol) ------------------------
+
+    def backoff(self, key: str) -> tuple[float, str, str] | None:
+        """The window after a failed token request, recorded by any host: (until, kind,
+        message); None if there is none (or Redis is down)."""
+        raw = self._call(self._redis.get, f"{self.prefix}backoff:{key}")
+        return backoff_from_record(raw) if raw is not None else None
+
+    def set_backoff(self, key: str, until: float, kind: str, message: str) -> None:
+        milliseconds = math.floor((until - _clock.now()) * 1000)
+        if milliseconds > 0:
+            record = backoff_to_record(until, kind, message)
+            self._call(self._redis.set, f"{self.prefix}backoff:{key}", record, px=milliseconds)
 
     # -- the fleet lock ----------------------------------------------------------------------
 

@@ -92,3 +92,27 @@ def token_of(auth: Any) -> str:
     """A token from an auth that came here by pickle (multiprocessing "spawn")."""
     token: str = auth.get_token()
     return token
+
+
+def rejected_member(barrier: Any, redis_url: str, prefix: str, base_url: str, calls: int) -> int:
+    """One host with a rejected key: ``calls`` token requests asked for; the errors it got."""
+    import redis
+
+    from requests_opsnow import InvalidApiKeyError, OpsNowAuth
+    from requests_opsnow.rediscache import RedisTokenCache
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    cache = RedisTokenCache(client, prefix=prefix)
+    auth = OpsNowAuth("a-key-the-fleet-was-given-wrong", base_url=base_url, cache=cache)
+    errors = 0
+    try:
+        barrier.wait(timeout=30)
+        for _ in range(calls):
+            try:
+                auth.get_token()
+            except InvalidApiKeyError:
+                errors += 1
+        return errors
+    finally:
+        cache.close()
+        client.close()

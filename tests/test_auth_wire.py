@@ -15,6 +15,7 @@ from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder
 
 from requests_opsnow import OpsNowAuth, OpsNowAuthError, ReplaySkippedWarning
+from requests_opsnow._lifecycle import REFRESH_JITTER
 from requests_opsnow.testing import FakeOpsNow
 
 from .helpers import COMPANIES, FakeClock, MakeAuth, bearer, refresh_threads, wait_until
@@ -94,8 +95,8 @@ def test_expired_token_blocks_until_a_new_one_arrives(
         (10, 300, 4.9, False),  # margin capped at half of 10 s: not due yet
         (10, 300, 5.1, True),
         (3600, 0, 3599, False),  # an explicit 0 means "at expiry", not a default
-        (3600, 300, 3299, False),
-        (3600, 300, 3301, True),
+        (3600, 300, 3600 - 300 * (1 + REFRESH_JITTER) - 1, False),  # jitter: due earlier...
+        (3600, 300, 3301, True),  # ...never later
     ],
 )
 def test_refresh_is_due_margin_before_expiry_capped_at_half_lifetime(

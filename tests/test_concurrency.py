@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import faulthandler
+import itertools
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from requests_opsnow import OpsNowAuth, TokenRequestError, _runtime
-from requests_opsnow._lifecycle import EARLY_RETRY_DELAY
+from requests_opsnow._lifecycle import BACKOFF_FIRST, BACKOFF_MAX
 from requests_opsnow.testing import FakeOpsNow
 
 from .helpers import (
@@ -28,6 +31,8 @@ from .helpers import (
 )
 
 pytestmark = pytest.mark.timeout(30)
+
+MOCK_TOKEN_URL = "https://api.opsnow360.io/platform/v2/identity/api-keys/token"
 
 
 def test_32_cold_threads_make_exactly_one_token_request(
@@ -53,8 +58,8 @@ def test_20_threads_hit_by_one_revocation_cause_exactly_one_refresh(
     assert fake.token_requests == 2
 
 
-def test_waiters_share_the_leaders_error_and_the_next_call_retries(
-    fake: FakeOpsNow, make_auth: MakeAuth
+def test_waiters_share_the_leaders_error_and_the_first_call_after_the_window_retries(
+    fake: FakeOpsNow, make_auth: MakeAuth, clock: FakeClock
 ) -> None:
     fake.fail_token_requests(503, count=1, delay=0.2)
     auth = make_auth(max_retries=0)
@@ -68,6 +73,7 @@ def test_waiters_share_the_leaders_error_and_the_next_call_retries(
     assert run_together(8, attempt) == [-1] * 8
     assert fake.token_requests == 1
     assert fake.api_requests == []
+    clock.advance(BACKOFF_MAX)
     assert get_status(auth, fake.base_url + COMPANIES) == 200
     assert fake.token_requests == 2
 
@@ -113,7 +119,7 @@ def test_failed_early_refresh_keeps_the_valid_token_and_warns(
     assert "early OpsNow token refresh failed" in caplog.text
 
     fake.reset()
-    clock.advance(EARLY_RETRY_DELAY + 1)
+    clock.advance(BACKOFF_FIRST + 1)
     auth.get_token()
     assert wait_until(lambda: len(fake.issued_tokens) == 2 and not refresh_threads())
     assert auth.get_token() == fake.issued_tokens[1]
@@ -316,3 +322,43 @@ def test_a_fork_right_after_a_token_request_finds_no_thread_of_the_package() -> 
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_two_thousand_keys_due_at_once_are_refreshed_on_a_bounded_set_of_threads(
+    clock: FakeClock,
+) -> None:
+    import responses
+
+    from requests_opsnow._driver_sync import REFRESH_THREADS
+
+    def token_for(request: object) -> tuple[int, dict[str, str], str]:
+        time.sleep(0.002)  # a token endpoint that takes a moment
+        return 200, {}, json.dumps({"data": {"accessToken": f"t-{next(serial)}"}})
+
+    serial = itertools.count()
+    most = [0]
+    stop = threading.Event()
+
+    def count_refresh_threads() -> None:
+        while not stop.is_set():
+            most[0] = max(most[0], len(refresh_threads()))
+            time.sleep(0.001)
+
+    with responses.RequestsMock() as rsps:
+        rsps.add_callback(responses.POST, MOCK_TOKEN_URL, callback=token_for)
+        auths = [OpsNowAuth(f"tenant-{n}-" + "k" * 8) for n in range(2000)]
+        first = [auth.get_token() for auth in auths]
+        clock.advance(3600 - 290)  # every token due (the jitter spreads them before this)
+        counter = threading.Thread(target=count_refresh_threads)
+        counter.start()
+        try:
+            assert [auth.get_token() for auth in auths] == first  # nobody waits
+            assert wait_until(lambda: len(rsps.calls) == 4000, timeout=60)
+            assert wait_until(lambda: not refresh_threads())
+        finally:
+            stop.set()
+            counter.join(10)
+        refreshed = [auth.get_token() for auth in auths]
+    assert 1 <= most[0] <= REFRESH_THREADS
+    assert len(set(refreshed)) == 2000
+    assert not set(refreshed) & set(first)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import secrets
 import threading
+import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,8 +18,7 @@ import pytest
 import requests
 import responses
 
-from requests_opsnow import OpsNowAuth
-from requests_opsnow._lifecycle import REMEMBERED_LIFECYCLES
+from requests_opsnow import OpsNowAuth, Token, _lifecycle
 from requests_opsnow.testing import FakeOpsNow
 
 from .helpers import COMPANIES, bearer, wait_until
@@ -26,6 +26,7 @@ from .helpers import COMPANIES, bearer, wait_until
 pytestmark = pytest.mark.timeout(60)
 
 MOCK_TOKEN_URL = "https://api.opsnow360.io/platform/v2/identity/api-keys/token"
+MOCK_API_URL = "https://api.opsnow360.io/platform/v2/companies"
 
 
 def test_a_thousand_calls_each_building_an_auth_make_one_token_request(fake: FakeOpsNow) -> None:
@@ -128,12 +129,19 @@ def _forget_calls(rsps: responses.RequestsMock) -> None:
             calls.reset()
 
 
-def test_memory_stays_bounded_however_many_keys_pass_through() -> None:
+SMALL_REGISTRY = 100_000
+"""A registry budget (bytes) that 800 keys overflow: about 75 lifecycles with short tokens."""
+
+
+def test_memory_stays_bounded_however_many_keys_pass_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_lifecycle, "REMEMBERED_BYTES", SMALL_REGISTRY)
     # Calls are forgotten as they go (responses would hold them all), so the mock cannot
     # count them at exit: the memory figure is the check.
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         _token_for_every_key(rsps)
-        _use_keys("warm-up", 2 * REMEMBERED_LIFECYCLES)
+        _use_keys("warm-up", 200)
         _forget_calls(rsps)
         gc.collect()
         tracemalloc.start()
@@ -144,20 +152,53 @@ def test_memory_stays_bounded_however_many_keys_pass_through() -> None:
             grown, _ = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    # Bounded, this is about 70 kB on CPython 3.11; 800 lifecycles kept would be 0.9 MB.
+    # Bounded, this is about 100 kB on CPython 3.11; 800 lifecycles kept would be 0.9 MB.
     assert grown < 400_000
 
 
-def test_a_live_auth_keeps_its_token_while_many_other_keys_pass_through() -> None:
+def test_a_live_auth_keeps_its_token_while_many_other_keys_pass_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_lifecycle, "REMEMBERED_BYTES", SMALL_REGISTRY)
     with responses.RequestsMock() as rsps:
         _token_for_every_key(rsps)
         kept_key = "kept-key-" + secrets.token_hex(8)  # tokens are shared per key in a process
         kept = OpsNowAuth(kept_key)
         kept.get_token()
-        _use_keys("passing", 3 * REMEMBERED_LIFECYCLES)
+        _use_keys("passing", 300)
         kept.get_token()
         OpsNowAuth(kept_key).get_token()  # a new auth finds the live one's token
         fetched_for_kept = [
             call for call in rsps.calls if kept_key.encode() in (call.request.body or b"")
         ]
     assert len(fetched_for_kept) == 1
+
+
+def test_a_thousand_tenants_each_keep_their_token_with_an_auth_built_per_call() -> None:
+    # A multi-tenant service: OpsNowAuth(tenant_key) per request, round-robin. Every busy
+    # tenant keeps its token (the registry is bounded by memory, not by a count of 64).
+    tenants = [f"tenant-{secrets.token_hex(4)}-{n}" for n in range(1000)]
+    with responses.RequestsMock() as rsps:
+        _token_for_every_key(rsps)
+        rsps.add(responses.GET, MOCK_API_URL, json={"status": "success"})
+        for _ in range(3):
+            for key in tenants:
+                requests.get(MOCK_API_URL, auth=OpsNowAuth(key), timeout=10)
+        token_requests = sum(1 for call in rsps.calls if call.request.method == "POST")
+    assert token_requests == 1000  # one per tenant per token lifetime, not one per call
+
+
+def test_a_hundred_thousand_keys_stay_within_the_registrys_memory_bound() -> None:
+    now = time.time()
+    token = "t" * 1000  # about a JWT's size
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for number in range(100_000):
+            lifecycle = _lifecycle.lifecycle_for(MOCK_TOKEN_URL, f"k{number}", 300.0, None)
+            lifecycle.held = _lifecycle.HeldToken(Token(token, now + 3600, now), 300.0)
+        gc.collect()
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 1.25 * _lifecycle.REMEMBERED_BYTES  # 32 MiB, not 100,000 x 3 kB (300 MB)

@@ -15,8 +15,10 @@ import pytest
 
 from requests_opsnow import InvalidApiKeyError, OpsNowAuthError, TokenRequestError, _clock
 from requests_opsnow._lifecycle import (
+    BACKOFF_MAX,
     LIVENESS_POLL,
     REFETCH_AFTER_401_INTERVAL,
+    REJECTED_KEY_BACKOFF,
     Fetch,
     Flow,
     Fly,
@@ -100,7 +102,9 @@ def test_a_coroutine_flight_runs_elsewhere_and_its_waiters_share_it(
     assert finish(leader).token.value == finish(joiner).token.value == "shared"
 
 
-def test_a_fetch_error_is_every_waiters_answer_each_a_copy(lifecycle: TokenLifecycle) -> None:
+def test_a_fetch_error_is_every_waiters_answer_each_a_copy(
+    lifecycle: TokenLifecycle, clock: FakeClock
+) -> None:
     leader = lifecycle.obtain(BOUND)
     fly = next(leader)
     leader.send(None)
@@ -116,7 +120,10 @@ def test_a_fetch_error_is_every_waiters_answer_each_a_copy(lifecycle: TokenLifec
             waiter.send(None)
         errors.append(caught.value)
     assert errors[0] is not errors[1]
-    assert isinstance(next(lifecycle.obtain(BOUND)), Fly)  # a failure is never cached
+    with pytest.raises(InvalidApiKeyError, match=r"rejected \(no new token request for 60 s"):
+        next(lifecycle.obtain(BOUND))  # the answer for its backoff window, at once
+    clock.advance(REJECTED_KEY_BACKOFF)
+    assert isinstance(next(lifecycle.obtain(BOUND)), Fly)
 
 
 def test_any_other_error_is_the_leaders_own_and_a_documented_error_for_its_waiters(
@@ -200,7 +207,7 @@ def test_a_flight_whose_event_loop_is_gone_is_replaced_at_once(
 
 
 def test_a_flight_past_its_deadline_is_stopped_and_the_next_call_starts_afresh(
-    lifecycle: TokenLifecycle, monotonic: FakeClock
+    lifecycle: TokenLifecycle, monotonic: FakeClock, clock: FakeClock
 ) -> None:
     leader = lifecycle.obtain(BOUND)
     fly = next(leader)
@@ -212,6 +219,7 @@ def test_a_flight_past_its_deadline_is_stopped_and_the_next_call_starts_afresh(
     with pytest.raises(TokenRequestError, match="no token within 5 s"):
         leader.send(None)
     assert cancelled == [True]
+    clock.advance(BACKOFF_MAX)  # past the backoff window the failure opened
     assert isinstance(next(lifecycle.obtain(BOUND)), Fly)
 
 

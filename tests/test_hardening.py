@@ -34,6 +34,7 @@ from requests_opsnow import (
     OpsNowAuthError,
     TokenRequestError,
     TokenResponseError,
+    _lifecycle,
 )
 from requests_opsnow._driver_sync import run
 from requests_opsnow._lifecycle import (
@@ -352,7 +353,13 @@ def usable(lifecycle: TokenLifecycle, fetch: QuickFetch) -> Any:
     " at its very end (CPython issue 29988, fixed in 3.10): any lock can stay held there",
 )
 @pytest.mark.timeout(120, method="thread")
-def test_signals_at_random_moments_never_wedge_the_lifecycle() -> None:
+def test_signals_at_random_moments_never_wedge_the_lifecycle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An exception raised inside a fetch is a failed flight: no backoff here, so that the
+    # signals keep landing at every moment of a fetch, not mostly in backoff windows.
+    for name in ("BACKOFF_FIRST", "BACKOFF_MIN", "BACKOFF_MAX"):
+        monkeypatch.setattr(_lifecycle, name, 0.0)
     lifecycle = TokenLifecycle(f"stress-{secrets.token_hex(4)}", 300.0, None)
     fetch = QuickFetch()
     stop = threading.Event()

@@ -26,7 +26,7 @@ from requests_opsnow import (
 )
 from requests_opsnow import _profiles as profiles
 from requests_opsnow.httpx import OpsNowAuth as HttpxOpsNowAuth
-from requests_opsnow.testing import FakeOpsNow
+from requests_opsnow.testing import FakeOpsNow, forget_tokens
 
 from .helpers import COMPANIES, Cli
 
@@ -106,6 +106,7 @@ def test_profile_argument_beats_opsnow_profile_beats_default(
     with pytest.raises(requests.RequestException):
         OpsNowAuth().get_token()
     assert key_sent(two_profiles) == "work-profile-key"
+    forget_tokens()  # the default key's rejection opened a backoff window: no request in it
     with pytest.raises(requests.RequestException):
         OpsNowAuth(profile="default").get_token()
     assert key_sent(two_profiles) == "default-profile-key"

@@ -18,7 +18,7 @@ import requests_opsnow
 from requests_opsnow import FileTokenCache, MemoryTokenCache, OpsNowAuth, RedisTokenCache
 from requests_opsnow._config import _StoresByPlace
 from requests_opsnow._core import AuthCore
-from requests_opsnow._driver_sync import _Watchdog
+from requests_opsnow._driver_sync import _Refreshers, _Watchdog
 from requests_opsnow._lifecycle import TokenLifecycle, _Registry
 from requests_opsnow._profiles import _Files, _Keys
 from requests_opsnow._runtime import RuntimeState
@@ -45,6 +45,7 @@ def factories(tmp_path: Path) -> dict[type, Callable[[], Any]]:
         _Registry: _Registry,
         _StoresByPlace: _StoresByPlace,
         _Watchdog: _Watchdog,
+        _Refreshers: _Refreshers,
         _Files: _Files,
         _Keys: _Keys,
     }

@@ -31,6 +31,7 @@ from requests_opsnow import (
     TokenRequestError,
     TokenResponseError,
 )
+from requests_opsnow._lifecycle import BACKOFF_MAX, REJECTED_KEY_BACKOFF
 from requests_opsnow.testing import FakeOpsNow
 
 from .helpers import COMPANIES, MakeAuth
@@ -579,7 +580,7 @@ NOT_CACHED = [
 
 
 @pytest.mark.parametrize(("injection", "options", "error"), NOT_CACHED)
-def test_failure_is_not_cached_and_the_next_call_tries_again(
+def test_a_failure_is_the_answer_for_its_backoff_window_then_the_next_call_tries_again(
     fake: FakeOpsNow,
     make_auth: MakeAuth,
     session: requests.Session,
@@ -593,9 +594,16 @@ def test_failure_is_not_cached_and_the_next_call_tries_again(
     url = companies_url(fake.base_url)
 
     for attempt in (1, 2):
-        with pytest.raises(error):
+        with pytest.raises(error) as failed:
             session.get(url, timeout=TIMEOUT)
-        assert fake.token_requests == attempt  # each call went back to the endpoint
+        assert fake.token_requests == attempt  # each window's end goes back to the endpoint
+        with pytest.raises(
+            error, match=r"\(no new token request for \d+ s: backing off\)"
+        ) as again:
+            session.get(url, timeout=TIMEOUT)
+        assert str(again.value).startswith(str(failed.value))
+        assert fake.token_requests == attempt  # inside the window: no token request
+        clock.advance(max(BACKOFF_MAX, REJECTED_KEY_BACKOFF) + 1)
 
     response = session.get(url, timeout=TIMEOUT)
 
@@ -605,7 +613,7 @@ def test_failure_is_not_cached_and_the_next_call_tries_again(
     assert fake.api_requests[0].header("Authorization") == f"Bearer {fake.issued_tokens[0]}"
 
 
-def test_failure_is_not_cached_after_retries_were_exhausted(
+def test_a_backoff_window_follows_a_flight_that_exhausted_its_retries(
     fake: FakeOpsNow, make_auth: MakeAuth, clock: Any
 ) -> None:
     fake.fail_token_requests(503, count=2)
@@ -614,7 +622,9 @@ def test_failure_is_not_cached_after_retries_were_exhausted(
     with pytest.raises(TokenRequestError):
         auth.get_token()
     assert fake.token_requests == 2
-
+    with pytest.raises(TokenRequestError, match=r"gave up after 2 attempts.*backing off"):
+        auth.get_token()
+    clock.advance(BACKOFF_MAX + 1)
     assert auth.get_token() == fake.issued_tokens[0]
     assert fake.token_requests == 3
 
