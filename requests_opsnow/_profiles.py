@@ -35,10 +35,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
+from . import _clock
 from ._config import PROFILE_ENV
-from ._keysources import BackgroundCall, run_helper
+from ._keysources import KILL_WAIT, BackgroundCall, run_helper
 from ._runtime import RuntimeState
 from ._token import MAX_TOKEN_LENGTH
 from ._userfiles import MAX_CONFIG_SIZE, read_regular, replace_atomically, trust_problem
@@ -58,6 +59,10 @@ and counted as failed."""
 KEYRING_TIMEOUT = 30.0
 """Seconds a keyring call may take (a keyring may wait for its password to be typed); then
 the key is unavailable, and the call goes on in its own thread until the backend returns."""
+
+KEY_SOURCE_RETRY_AFTER = 30.0
+"""Seconds a key source that failed is not asked again in this process: auths built in that
+time raise its error at once (a failing command took its 10 s on every build)."""
 
 MAX_KEY_COMMAND_OUTPUT = 65536
 """Bytes of an ``api_key_command``'s output read at most (its first line is the key, the
@@ -486,17 +491,34 @@ def _line(error: configparser.Error) -> object:
     return getattr(error, "lineno", "?")
 
 
-class _Keys(RuntimeState):
-    """Keys read from sources, remembered per profile and source for the process's life."""
+def _longest_read() -> float:
+    """The longest one read of a key source may take (the others wait that long for it)."""
+    return max(API_KEY_COMMAND_TIMEOUT + KILL_WAIT, KEYRING_TIMEOUT) + _READ_SLACK
 
-    _runtime_fields = ("_lock", "_known", "_keyring_call")
+
+_READ_SLACK = 5.0
+
+_Identity = tuple[str, str, Optional[str], Optional[str]]
+"""A key source: the config file, the profile's name, its source and its command."""
+
+
+class _Keys(RuntimeState):
+    """Keys read from sources, remembered per profile and source for the process's life;
+    each source read by one thread at a time (the others wait for its answer), and a
+    failure remembered for :data:`KEY_SOURCE_RETRY_AFTER` seconds."""
+
+    _runtime_fields = ("_lock", "_known", "_failed", "_reading", "_keyring_call")
 
     def __init__(self) -> None:
         self._start_runtime()
 
     def _new_runtime_state(self) -> None:
         self._lock = threading.Lock()
-        self._known: dict[tuple[str, str, str | None, str | None], str | None] = {}
+        self._known: dict[_Identity, str | None] = {}
+        self._failed: dict[_Identity, tuple[str, float]] = {}
+        """Why a source failed, and until when that answer stands (``_clock.now()``)."""
+        self._reading: dict[_Identity, threading.Lock] = {}
+        """Sources being read, each with a lock its reader holds (a latch for the others)."""
         self._keyring_call: BackgroundCall | None = None
 
     def key(self, profile: Profile) -> str | None:
@@ -506,18 +528,53 @@ class _Keys(RuntimeState):
             profile.api_key_source,
             profile.api_key_command,
         )
+        deadline = _clock.monotonic() + _longest_read()
+        while True:
+            with self._lock:
+                if identity in self._known:
+                    return self._known[identity]
+                failure = self._failed.get(identity)
+                if failure is not None and failure[1] > _clock.now():
+                    raise ApiKeyUnavailableError(failure[0])
+                reading = self._reading.get(identity)
+                if reading is None:  # this thread reads it
+                    reading = self._reading[identity] = threading.Lock()
+                    reading.acquire()
+                    break
+            remaining = deadline - _clock.monotonic()
+            if remaining <= 0 or not reading.acquire(timeout=remaining):
+                raise ApiKeyUnavailableError(
+                    f"profile {profile.name!r}: its key source did not answer another thread"
+                    f" within {_longest_read():g} s"
+                )
+            reading.release()  # read (or failed, or was interrupted): look again
+        try:
+            return self._read(identity, profile)
+        finally:
+            with self._lock:
+                del self._reading[identity]
+            reading.release()
+
+    def _read(self, identity: _Identity, profile: Profile) -> str | None:
+        failure: str | None = None
+        try:
+            key = _key_from_source(profile)  # outside the lock: a command may take seconds
+        except ApiKeyUnavailableError as exc:
+            failure = f"{exc}; not tried again for {KEY_SOURCE_RETRY_AFTER:g} s"
         with self._lock:
-            if identity in self._known:
-                return self._known[identity]
-        key = _key_from_source(profile)  # outside the lock: a command may take seconds
-        with self._lock:
-            self._known[identity] = key
+            if failure is None:
+                self._known[identity] = key
+            else:
+                self._failed[identity] = (failure, _clock.now() + KEY_SOURCE_RETRY_AFTER)
+        if failure is not None:  # raised here, not in the except: each caller's own error
+            raise ApiKeyUnavailableError(failure)
         return key
 
     def forget(self, profile: Profile) -> None:
         with self._lock:
-            for identity in [i for i in self._known if i[1] == profile.name]:
-                del self._known[identity]
+            for remembered in (self._known, self._failed):
+                for identity in [i for i in remembered if i[1] == profile.name]:
+                    del remembered[identity]
 
     def ask_keyring(self, function: Callable[[], Any], timeout: float) -> Any:
         """What ``function`` (a keyring call) returned, within ``timeout`` s; else a

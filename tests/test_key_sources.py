@@ -17,6 +17,7 @@ from requests_opsnow import _profiles as profiles
 from requests_opsnow._token import MAX_TOKEN_LENGTH
 from requests_opsnow.testing import FakeOpsNow
 
+from .helpers import FakeClock, run_together
 from .test_profiles import script, write_config, write_credentials
 
 pytestmark = pytest.mark.timeout(60)
@@ -144,3 +145,48 @@ def test_the_longest_key_is_accepted(fake: FakeOpsNow, config_home: Path, tmp_pa
     longest = "k" * MAX_TOKEN_LENGTH
     command_profile(config_home, script(tmp_path, f"print({longest!r})"), fake.base_url)
     assert OpsNowAuth()._api_key == longest
+
+
+# -- once per process ---------------------------------------------------------------------------
+
+
+def counting_helper(tmp_path: Path, body: str) -> tuple[str, Path]:
+    """A helper that notes each run in a file, then runs ``body``; and that file."""
+    runs = tmp_path / "runs"
+    helper = script(tmp_path, f"open({str(runs)!r}, 'a').write('.')\n{body}")
+    return helper, runs
+
+
+def test_threads_building_their_first_auth_at_once_run_the_command_once(
+    fake: FakeOpsNow, config_home: Path, tmp_path: Path
+) -> None:
+    helper, runs = counting_helper(tmp_path, f"time.sleep(0.3); print({fake.api_key!r})")
+    command_profile(config_home, helper, fake.base_url)
+    auths = run_together(16, OpsNowAuth)
+    assert {auth._api_key for auth in auths} == {fake.api_key}
+    assert runs.read_text() == "."
+
+
+def test_a_failing_command_is_not_run_again_until_its_failure_is_forgotten(
+    config_home: Path, tmp_path: Path, clock: FakeClock
+) -> None:
+    helper, runs = counting_helper(tmp_path, "time.sleep(0.2); sys.exit(4)")
+    command_profile(config_home, helper)
+
+    def error_of_a_build() -> ApiKeyUnavailableError:
+        with pytest.raises(ApiKeyUnavailableError) as caught:
+            OpsNowAuth()
+        return caught.value
+
+    errors = run_together(8, error_of_a_build)  # at once
+    errors += [error_of_a_build() for _ in range(5)]  # then one after the other
+    assert runs.read_text() == "."  # once, for 13 builds
+    for error in errors:
+        assert "exit status 4" in str(error)
+        assert f"not tried again for {profiles.KEY_SOURCE_RETRY_AFTER:g} s" in str(error)
+    assert len({id(error) for error in errors}) == len(errors)  # each caller its own
+
+    clock.advance(profiles.KEY_SOURCE_RETRY_AFTER)
+    with pytest.raises(ApiKeyUnavailableError):
+        OpsNowAuth()
+    assert runs.read_text() == ".."
