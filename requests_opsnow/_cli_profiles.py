@@ -20,6 +20,7 @@ from ._profiles import (
     DEFAULT_PROFILE,
     Profile,
     api_key_of,
+    check_profile,
     config_path,
     credentials_path,
     delete_key,
@@ -41,7 +42,6 @@ class ConfigureError(Exception):
 def run_configure(args: argparse.Namespace) -> int:
     name = args.profile or DEFAULT_PROFILE
     source = _key_source(args)
-    api_key = _ask_key(name) if source != "command" else None
     region, base_url = _where(args)
     profile = Profile(
         name=name,
@@ -51,8 +51,9 @@ def run_configure(args: argparse.Namespace) -> int:
         api_key_source=source,
         api_key_command=args.api_key_command,
     )
-    if source == "command":
-        api_key = api_key_of(profile)  # the command works now, or the error says why
+    check_profile(profile)  # what the library would not read back: before any key is asked
+    # A command is run now: it works, or the error says why.
+    api_key = api_key_of(profile) if source == "command" else _ask_key(name)
     if not args.no_verify:
         _verify(profile, api_key or "", args.timeout)
     if source == "keyring":
@@ -91,6 +92,8 @@ def _ask_key(name: str) -> str:
 
 def _where(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """``(region, base_url)``: from the options, else asked for."""
+    if args.base_url is not None and args.region is not None:
+        raise ConfigureError("give --base-url or --region, not both")
     if args.base_url is not None:
         return None, args.base_url.rstrip("/")
     if args.region is not None:

@@ -175,12 +175,12 @@ class Sources:
         ``file:/folder`` or a Redis URL; None for memory. A value naming no place is a
         ValueError."""
         spec = os.environ.get(TOKEN_CACHE_ENV, "").strip()
-        profile = None if spec else self.profile()
-        if profile is not None and profile.token_cache:
-            spec = profile.token_cache.strip()
-        if spec in ("", "memory"):
+        if spec:
+            return token_cache_place(spec, TOKEN_CACHE_ENV)
+        profile = self.profile()
+        if profile is None or not profile.token_cache:
             return None
-        return _place_named_by(spec)
+        return token_cache_place(profile.token_cache, f"profile {profile.name!r}: token_cache")
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -266,8 +266,13 @@ def store_at(place: str) -> TokenCache:
     return _stores_by_place.at(place)
 
 
-def _place_named_by(spec: str) -> str:
-    """``file:/folder`` (the default folder resolved now) or a Redis URL; else ValueError."""
+def token_cache_place(spec: str, what: str) -> str | None:
+    """Where a value of ``OPSNOW_TOKEN_CACHE`` (or a profile's ``token_cache``, named in
+    messages as ``what``) keeps tokens: None for memory, ``file:/folder`` (the default
+    folder resolved now) or a Redis URL; else ValueError."""
+    spec = spec.strip()
+    if spec in ("", "memory"):
+        return None
     if spec == "file":
         from .filecache import default_cache_dir
 
@@ -275,12 +280,12 @@ def _place_named_by(spec: str) -> str:
         return f"file:{folder or ''}"
     if spec.startswith("file:"):
         if not os.path.isabs(spec[len("file:") :]):
-            raise ValueError(f"{TOKEN_CACHE_ENV}=file:FOLDER needs an absolute folder: {spec!r}")
+            raise ValueError(f"{what}=file:FOLDER needs an absolute folder: {spec!r}")
         return spec
     if spec.startswith(("redis://", "rediss://")):
         return spec
     raise ValueError(
-        f"{TOKEN_CACHE_ENV} must be memory, file, file:/folder or a redis:// or rediss://"
+        f"{what} must be memory, file, file:/folder or a redis:// or rediss://"
         f" URL, got {safe_place(spec)!r}"
     )
 

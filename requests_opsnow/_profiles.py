@@ -31,14 +31,17 @@ import configparser
 import functools
 import io
 import os
+import shlex
 import threading
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 from . import _clock
-from ._config import PROFILE_ENV
+from ._config import PROFILE_ENV, base_url_for_region, token_cache_place
+from ._hosts import check_secure_url
 from ._keysources import KILL_WAIT, BackgroundCall, run_helper
 from ._runtime import RuntimeState
 from ._token import MAX_TOKEN_LENGTH
@@ -139,6 +142,8 @@ def named_profile(name: str | None) -> Profile | None:
     to create it.
     """
     wanted = name if name is not None else os.environ.get(PROFILE_ENV, "").strip() or None
+    if wanted is not None:
+        check_profile_name(wanted)
     profiles = read_profiles()
     if wanted is None:
         return profiles.get(DEFAULT_PROFILE)
@@ -149,6 +154,46 @@ def named_profile(name: str | None) -> Profile | None:
             f" create it with: opsnow configure --profile {wanted}"
         )
     return profiles[wanted]
+
+
+def check_profile_name(name: str) -> None:
+    """ValueError unless ``name`` can name a section of the config file and be found again:
+    not empty, no surrounding spaces, no control characters (a line break would end the
+    section's header)."""
+    if not name or name != name.strip() or _has_control_character(name):
+        raise ValueError(
+            f"{name!r} is not a profile name: use letters, digits and punctuation,"
+            " without control characters or surrounding spaces"
+        )
+
+
+def check_profile(profile: Profile) -> None:
+    """ValueError unless every setting of ``profile`` is one the library accepts when it
+    reads it back (the same checks, made before anything is saved or run)."""
+    check_profile_name(profile.name)
+    where = f"profile {profile.name!r}"
+    for field, value in zip(Profile._fields[1:], profile[1:]):
+        if value is not None and _has_control_character(value):
+            raise ValueError(f"{where}: {field} holds a control character (a line break?)")
+    if profile.region is not None:
+        base_url_for_region(profile.region)
+    if profile.base_url is not None:
+        check_secure_url(profile.base_url, f"{where}: base_url")
+    if profile.token_cache is not None:
+        token_cache_place(profile.token_cache, f"{where}: token_cache")
+    if profile.api_key_source is not None and profile.api_key_source not in KEY_SOURCES:
+        raise ValueError(f"{where}: api_key_source must be one of {', '.join(KEY_SOURCES)}")
+    if profile.api_key_command is not None:
+        try:
+            argv = shlex.split(profile.api_key_command)
+        except ValueError as exc:
+            raise ValueError(f"{where}: api_key_command cannot be split: {exc}") from None
+        if not argv:
+            raise ValueError(f"{where}: api_key_command is empty")
+
+
+def _has_control_character(text: str) -> bool:
+    return any(unicodedata.category(character) == "Cc" for character in text)
 
 
 def api_key_of(profile: Profile) -> str | None:
@@ -167,6 +212,7 @@ def save_profile(profile: Profile, plaintext_key: str | None = None) -> Path:
     """Write ``profile``'s section into the config file (made 0600 in a 0700 folder), and
     ``plaintext_key`` into the credentials file (a ``plaintext`` profile); a key the
     credentials file held for a profile that now keeps it elsewhere is removed."""
+    check_profile(profile)
     path = config_path()
     with _one_writer():
         _set_plaintext_key(profile.name, plaintext_key)
@@ -444,7 +490,9 @@ def _profiles_in(parser: configparser.ConfigParser) -> dict[str, Profile]:
 
 
 def _new_parser() -> configparser.ConfigParser:
-    return configparser.ConfigParser(interpolation=None, default_section="__none__")
+    # No section may be the parser's defaults (they would become every profile's): its
+    # name is a newline, which no section header can hold.
+    return configparser.ConfigParser(interpolation=None, default_section="\n")
 
 
 def _parse(path: Path) -> tuple[configparser.ConfigParser, os.stat_result]:
@@ -556,18 +604,18 @@ class _Keys(RuntimeState):
             reading.release()
 
     def _read(self, identity: _Identity, profile: Profile) -> str | None:
-        failure: str | None = None
         try:
             key = _key_from_source(profile)  # outside the lock: a command may take seconds
         except ApiKeyUnavailableError as exc:
-            failure = f"{exc}; not tried again for {KEY_SOURCE_RETRY_AFTER:g} s"
+            remembered = (
+                f"{exc} (remembered: this process does not ask again for"
+                f" {KEY_SOURCE_RETRY_AFTER:g} s)"
+            )
+            with self._lock:
+                self._failed[identity] = (remembered, _clock.now() + KEY_SOURCE_RETRY_AFTER)
+            raise
         with self._lock:
-            if failure is None:
-                self._known[identity] = key
-            else:
-                self._failed[identity] = (failure, _clock.now() + KEY_SOURCE_RETRY_AFTER)
-        if failure is not None:  # raised here, not in the except: each caller's own error
-            raise ApiKeyUnavailableError(failure)
+            self._known[identity] = key
         return key
 
     def forget(self, profile: Profile) -> None:

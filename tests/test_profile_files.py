@@ -225,3 +225,58 @@ def test_configure_writes_through_a_dotfile_manager_s_link(
     saved.read(kept)
     assert saved.sections() == ["old", "new"]
     assert [p.name for p in dotfiles.iterdir()] == ["opsnow-config"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"--profile": "a\nb"}, "profile name"),
+        ({"--profile": "a\rb"}, "profile name"),
+        ({"--profile": " padded"}, "profile name"),
+        ({"--token-cache": "rdis://:pw@typo"}, "token_cache must be memory, file"),
+        ({"--base-url": "http://api.example.com"}, "base_url must be an https:// URL"),
+        ({"--api-key-command": "pass show opsnow\nrm -rf ~"}, "control character"),
+        ({"--api-key-command": "pass show 'opsnow"}, "api_key_command cannot be split"),
+    ],
+    ids=["lf-name", "cr-name", "padded-name", "token-cache", "http", "newline-command", "quote"],
+)
+def test_configure_refuses_what_the_library_would_not_read_and_saves_nothing(
+    fake: FakeOpsNow,
+    cli: Cli,
+    config_home: Path,
+    tmp_path: Path,
+    options: dict[str, str],
+    message: str,
+) -> None:
+    settings = {
+        "--profile": "p",
+        "--base-url": fake.base_url,
+        "--api-key-command": script(tmp_path, f"print({fake.api_key!r})"),
+        **options,
+    }
+    base_url = settings.pop("--base-url")
+    argv = [part for option in settings.items() for part in option]
+    result = cli(
+        "--base-url", base_url, "configure", *argv, "--no-verify",
+        XDG_CONFIG_HOME=os.environ["XDG_CONFIG_HOME"], OPSNOW_API_KEY="",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "pw@" not in result.stderr
+    assert not (config_home / "config").exists()
+
+
+def test_a_profile_named_like_the_parser_s_own_defaults_is_an_ordinary_profile(
+    fake: FakeOpsNow, cli: Cli, config_home: Path, tmp_path: Path
+) -> None:
+    write_config(config_home, "[default]\nregion = kr\n")
+    env = {"XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"], "OPSNOW_API_KEY": ""}
+    helper = script(tmp_path, "print('their-key')")
+    saved = cli(
+        "--base-url", "https://attacker.example", "configure", "--profile", "__none__",
+        "--api-key-command", helper, "--no-verify", **env,
+    )  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    assert OpsNowAuth("k").base_url == "https://api.kr.opsnow360.io"  # [default] keeps its own
+    listed = cli("profiles", **env)
+    assert "__none__: https://attacker.example" in listed.stdout
