@@ -15,7 +15,8 @@ from ._config import (
     REGIONS,
     base_url_for_region,
 )
-from ._token import Token
+from ._telemetry import TokenEvent, subscribe
+from ._token import Token, TokenInfo
 from ._version import __version__
 from .auth import OpsNowAuth
 from .cache import MemoryTokenCache, TokenCache
@@ -73,9 +74,12 @@ __all__ = [
     "ReplaySkippedWarning",
     "Token",
     "TokenCache",
+    "TokenEvent",
+    "TokenInfo",
     "TokenRequestError",
     "TokenResponseError",
     "__version__",
     "base_url_for_region",
     "raise_for_opsnow_error",
+    "subscribe",
 ]

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Generator
 from typing import Any, Callable, Protocol, TypeVar, cast
 
-from . import _clock, _driver_sync
+from . import _clock, _driver_sync, _telemetry
 from ._lifecycle import (
     EFFECTS,
     LIVENESS_POLL,
@@ -101,10 +101,13 @@ async def _fetch(effect: Fetch, transport: AsyncTransport) -> Token:
     if effect.locked is not None:
         token: Token = await anyio.to_thread.run_sync(_driver_sync.fetch, effect, transport)
         return token
-    with anyio.move_on_after(flight.bound):
-        return await transport.fetch_async(flight.cancellation)
-    flight.cancellation.cancel()
-    raise flight.stopped()
+    with _telemetry.fetching(flight) as fetched:
+        with anyio.move_on_after(flight.bound):
+            fetched.token = await transport.fetch_async(flight.cancellation)
+        if fetched.token is None:
+            flight.cancellation.cancel()
+            raise flight.stopped()
+        return cast(Token, fetched.token)
 
 
 def _wake_up_call() -> tuple[Any, Callable[[], None]]:

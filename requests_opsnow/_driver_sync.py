@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Generator
 from typing import Any, Callable, Protocol, TypeVar, cast
 
-from . import _clock
+from . import _clock, _telemetry
 from ._lifecycle import (
     EFFECTS,
     LIVENESS_POLL,
@@ -103,9 +103,12 @@ def fetch(effect: Fetch, transport: Transport) -> Token:
     flight = effect.flight
     unwatch = _watchdog.watch(flight.deadline, flight.cancellation)
     try:
-        if effect.locked is None:
-            return transport(flight.cancellation)
-        return effect.locked(transport, flight)
+        with _telemetry.fetching(flight) as fetched:
+            if effect.locked is None:
+                fetched.token = transport(flight.cancellation)
+            else:
+                fetched.token = effect.locked(transport, flight)
+        return cast(Token, fetched.token)
     finally:
         unwatch()
 

@@ -21,11 +21,13 @@ from collections import OrderedDict
 from collections.abc import Generator, Hashable, Iterator
 from functools import partial
 from typing import Any, Callable, ClassVar, NamedTuple, TypeVar, Union
+from urllib.parse import urlsplit
 from weakref import WeakValueDictionary
 
-from . import _clock
+from . import _clock, _telemetry
 from ._protocol import BOUND_SETTINGS, retry_after
 from ._runtime import RuntimeState
+from ._telemetry import Flown
 from ._token import Token
 from .cache import TokenCache, cache_key
 from .errors import InvalidApiKeyError, OpsNowAuthError, TokenRequestError, TokenResponseError
@@ -113,10 +115,11 @@ def refresh_deadlines(
 class HeldToken:
     """The token a lifecycle hands out, with its ``Authorization`` value and deadlines."""
 
-    __slots__ = ("block_at", "header", "refresh_at", "token")
+    __slots__ = ("block_at", "header", "refresh_at", "source", "token")
 
-    def __init__(self, token: Token, refresh_margin: float) -> None:
+    def __init__(self, token: Token, refresh_margin: float, source: str = "network") -> None:
         self.token = token
+        self.source = source  # network, or the store it was read from
         self.header = f"Bearer {token.value}"
         self.refresh_at, self.block_at = refresh_deadlines(token, refresh_margin, random.random())
 
@@ -140,6 +143,7 @@ class Cancellation:
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], object]] = []
         self.cancelled = False
+        self.attempts = 0  # HTTP attempts the fetch made (the transport counts them)
 
     def on_cancel(self, callback: Callable[[], object]) -> None:
         with self._lock:
@@ -174,8 +178,10 @@ class Flight:
     sets ``runner_alive`` (its event loop still runs).
     """
 
-    def __init__(self, bound: float, *, early: bool) -> None:
+    def __init__(self, bound: float, about: Flown, *, early: bool) -> None:
         self.bound = bound
+        self.about = about  # for its span and event: the key's id, the server, the trigger
+        self.source = "network"  # or the store that had the token
         self.early = early
         self.created_at = _clock.monotonic()
         self.deadline = self.created_at + bound + WAIT_SLACK
@@ -351,14 +357,17 @@ class TokenLifecycle(RuntimeState):
 
     _runtime_fields = (
         "_lock", "held", "_flight", "_rejected", "_refused", "_store_failing", "_failures",
-        "_backoff_until", "_backoff_error",
+        "_backoff_until", "_backoff_error", "_vacated",
     )  # fmt: skip
     _kept_across_fork = (
         "held", "_rejected", "_refused", "_failures", "_backoff_until", "_backoff_error",
     )  # fmt: skip
 
-    def __init__(self, key: str, refresh_margin: float, store: TokenCache | None) -> None:
+    def __init__(
+        self, key: str, refresh_margin: float, store: TokenCache | None, server: str = ""
+    ) -> None:
         self.key = key  # the store's key: a digest, never the API key
+        self.server = server  # the token URL's host, for spans and events
         self.refresh_margin = refresh_margin
         self.store = store
         # How long the store's lock may make a fetch wait (its lock_wait, if it has one).
@@ -376,6 +385,7 @@ class TokenLifecycle(RuntimeState):
         self._failures = 0  # failed flights in a row
         self._backoff_until = 0.0  # wall-clock: a window may come from a shared store
         self._backoff_error: BaseException | None = None
+        self._vacated = "cold"  # why there is no token: the next flight's trigger
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(store={self.store!r})"
@@ -384,7 +394,9 @@ class TokenLifecycle(RuntimeState):
     # ``bound`` is the longest the caller's fetch may take (its transport's), for the
     # flight it may lead.
 
-    def obtain(self, bound: float, unwanted: Token | None = None) -> Flow[HeldToken]:
+    def obtain(
+        self, bound: float, unwanted: Token | None = None, trigger: str | None = None
+    ) -> Flow[HeldToken]:
         """A token to send now: the held one unless EXPIRED (or ``unwanted``); a DUE one
         also starts an early refresh, which nobody waits for."""
         held = self.held
@@ -394,11 +406,13 @@ class TokenLifecycle(RuntimeState):
                 yield from self._refresh_early(held, bound)
             if state is not TokenState.EXPIRED:
                 return held
-        held = yield from self._join(bound, unwanted)
+        if trigger is None:
+            trigger = "expired" if held is not None and held.token != unwanted else self._vacated
+        held = yield from self._join(bound, unwanted, trigger)
         if held.token == unwanted:
             # A flight that read the store before the unwanted token was deleted from it:
             # one more, which will not take it from the store again.
-            held = yield from self._join(bound, unwanted)
+            held = yield from self._join(bound, unwanted, trigger)
         return held
 
     def fresh(self, bound: float) -> Flow[HeldToken]:
@@ -411,7 +425,7 @@ class TokenLifecycle(RuntimeState):
         if held is None or held.state(_clock.now()) is TokenState.VALID:
             return (yield from self.obtain(bound))
         try:
-            return (yield from self.obtain(bound, held.token))
+            return (yield from self.obtain(bound, held.token, "fresh"))
         except Exception as error:
             if self.held is not held or held.state(_clock.now()) is TokenState.EXPIRED:
                 raise
@@ -441,9 +455,12 @@ class TokenLifecycle(RuntimeState):
                 and held.state(now) is not TokenState.EXPIRED
             ):
                 log.debug("token already replaced by another caller; replaying with it")
+                _telemetry.replayed(self.key[:16], self.server, "replayed")
                 return held
         yield from self.reject(rejected)
-        return (yield from self.obtain(bound, rejected))
+        held = yield from self.obtain(bound, rejected)
+        _telemetry.replayed(self.key[:16], self.server, "replayed")
+        return held
 
     def refused(self, route: str, token: Token) -> None:
         """The replay of a request to ``route`` with ``token`` (its replacement after a 401)
@@ -458,6 +475,12 @@ class TokenLifecycle(RuntimeState):
             route,
             REFETCH_AFTER_401_INTERVAL,
         )
+        _telemetry.replayed(self.key[:16], self.server, "refused_again")
+
+    def replay_skipped(self, rejected: Token) -> Flow[None]:
+        """A 401 whose request cannot be resent (its body is a stream): :meth:`reject`."""
+        _telemetry.replayed(self.key[:16], self.server, "skipped_body")
+        yield from self.reject(rejected)
 
     def reject(self, rejected: Token) -> Flow[None]:
         """The server refused ``rejected`` (a 401): drop it here and from the store, if current."""
@@ -468,6 +491,7 @@ class TokenLifecycle(RuntimeState):
         """Forget the token, here and in the store, even one this process never used."""
         with self._lock:
             held, self.held = self.held, None
+            self._vacated = "invalidate"
             if held is not None:
                 self._rejected = held.token
         if held is not None:
@@ -499,7 +523,7 @@ class TokenLifecycle(RuntimeState):
 
     # -- single flight ---------------------------------------------------------------------
 
-    def _join(self, bound: float, unwanted: Token | None) -> Flow[HeldToken]:
+    def _join(self, bound: float, unwanted: Token | None, trigger: str) -> Flow[HeldToken]:
         """A usable token: the held one, or the result of the flight in progress or a new one;
         in a backoff window, its error (unless the store got a token meanwhile)."""
         while True:
@@ -507,7 +531,7 @@ class TokenLifecycle(RuntimeState):
                 usable = self._usable_unless(unwanted)
                 if usable is not None:
                     return usable
-                flight, leading = self._claim_flight(bound)
+                flight, leading = self._claim_flight(bound, trigger)
             if isinstance(flight, BaseException):  # a backoff window
                 adopted: HeldToken | None = None
                 if self.store is not None:
@@ -517,7 +541,11 @@ class TokenLifecycle(RuntimeState):
                 return adopted
             if leading:
                 yield from self._launch(flight)
-            yield Wait(flight)
+                yield Wait(flight)
+            else:
+                waiting_since = _clock.monotonic()
+                yield Wait(flight)
+                _telemetry.waited(flight.about, _clock.monotonic() - waiting_since)
             held = self._outcome(flight)
             if held is not None:
                 return held
@@ -533,7 +561,7 @@ class TokenLifecycle(RuntimeState):
             return held
         return None
 
-    def _claim_flight(self, bound: float) -> tuple[Flight | BaseException, bool]:
+    def _claim_flight(self, bound: float, trigger: str) -> tuple[Flight | BaseException, bool]:
         """``(flight, leading)``: the flight in the air, or a new one this caller leads; in a
         backoff window, ``(its error, False)``. Lock held. A stalled flight is joined, to be
         retired by :meth:`_outcome`."""
@@ -545,8 +573,11 @@ class TokenLifecycle(RuntimeState):
         now = _clock.now()
         if now < self._backoff_until and self._backoff_error is not None:
             return _in_window(self._backoff_error, self._backoff_until - now), False
-        flight = self._flight = Flight(bound + self._store_wait, early=False)
+        flight = self._flight = Flight(bound + self._store_wait, self._about(trigger), early=False)
         return flight, True
+
+    def _about(self, trigger: str) -> Flown:
+        return Flown(self.key[:16], self.server, trigger)
 
     def _launch(self, flight: Flight) -> Flow[None]:
         """Have ``flight`` flown; if the driver never got to it, land it as interrupted."""
@@ -600,7 +631,8 @@ class TokenLifecycle(RuntimeState):
                 or _clock.now() < self._backoff_until
             ):
                 return None
-            flight = self._flight = Flight(bound + self._store_wait, early=True)
+            about = self._about("early_refresh")
+            flight = self._flight = Flight(bound + self._store_wait, about, early=True)
         return flight
 
     def _fly(self, flight: Flight) -> Flow[None]:
@@ -617,7 +649,7 @@ class TokenLifecycle(RuntimeState):
         error: BaseException | None = _INTERRUPTED  # unless an answer arrives
         try:
             token = yield Fetch(flight, self._through_store if self.store is not None else None)
-            held, error = HeldToken(token, self.refresh_margin), None
+            held, error = HeldToken(token, self.refresh_margin, flight.source), None
         except OpsNowAuthError as exc:
             error = exc
         except Exception as exc:
@@ -659,7 +691,7 @@ class TokenLifecycle(RuntimeState):
             self._rejected = rejected
             dropped = self.held is not None and self.held.token == rejected
             if dropped:
-                self.held = None
+                self.held, self._vacated = None, "rejected"
         if dropped:
             log.debug("server rejected the current token (401); dropping it")
         return dropped
@@ -673,6 +705,7 @@ class TokenLifecycle(RuntimeState):
             cached = self._stored_usable()
             if cached is not None:
                 log.debug("using the token another caller stored in %r", self.store)
+                flight.source = _store_name(self.store)
                 return cached
             window = self._store_call("backoff", None)
             if isinstance(window, tuple) and len(window) == 3 and _clock.now() < window[0]:
@@ -702,7 +735,7 @@ class TokenLifecycle(RuntimeState):
         token = self._stored_usable()
         if token is None:
             return None
-        held = HeldToken(token, self.refresh_margin)
+        held = HeldToken(token, self.refresh_margin, _store_name(self.store))
         with self._lock:
             self.held = held
             self._failures, self._backoff_until, self._backoff_error = 0, 0.0, None
@@ -803,7 +836,8 @@ class _Registry(RuntimeState):
         with self.lock:
             lifecycle = self.alive.get(identity)
             if lifecycle is None:
-                lifecycle = TokenLifecycle(identity[0], refresh_margin, store)
+                server = urlsplit(token_url).hostname or ""
+                lifecycle = TokenLifecycle(identity[0], refresh_margin, store, server)
                 self.alive[identity] = lifecycle
             held = lifecycle.held  # a token arrives after this call: weighed as a JWT's at least
             size = LIFECYCLE_BYTES + 2 * max(len(held.header) if held else 0, JWT_LENGTH)
@@ -814,6 +848,13 @@ class _Registry(RuntimeState):
                 _, (_, forgotten) = self._recent.popitem(last=False)
                 self._bytes -= forgotten
         return lifecycle
+
+
+def _store_name(store: object) -> str:
+    """A store as a token's source: ``file``, ``redis``, ``memory``, else its class's name."""
+    name = type(store).__name__
+    names = {"FileTokenCache": "file", "RedisTokenCache": "redis", "MemoryTokenCache": "memory"}
+    return names.get(name, name)
 
 
 def _place_of(store: TokenCache | None) -> Hashable:

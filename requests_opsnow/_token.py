@@ -62,6 +62,30 @@ class Token(NamedTuple):
         return self.expires_at - self.issued_at
 
 
+class TokenInfo(Token):
+    """What ``get_token_info()`` returns: a :class:`Token` (equal to it, and hashing alike)
+    that also says where it came from (``source``: ``network``, or the store that had it:
+    ``file``, ``redis``...) and when it falls due for refresh (``refresh_at``, epoch
+    seconds). When it was obtained is ``issued_at``."""
+
+    source: str
+    refresh_at: float
+
+    def __new__(cls, token: Token, source: str, refresh_at: float) -> TokenInfo:
+        info = super().__new__(cls, token.value, token.expires_at, token.issued_at)
+        vars(info).update(source=source, refresh_at=refresh_at)
+        return info
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenInfo(source={self.source!r}, issued_at={self.issued_at!r},"
+            f" refresh_at={self.refresh_at!r}, expires_at={self.expires_at!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return TokenInfo, (Token(*self), self.source, self.refresh_at)
+
+
 MAX_RECORD_SIZE = MAX_TOKEN_LENGTH + 512
 """The largest stored record read: one token at its longest, and its few fields."""
 

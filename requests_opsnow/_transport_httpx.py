@@ -150,7 +150,7 @@ class HttpxTransport:
                     )
 
     def _attempt(self, client: httpx.Client, cancellation: Cancellation) -> Token:
-        request, redacted = self._requests(client)
+        request, redacted = self._requests(client, cancellation)
         try:
             response = client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -162,7 +162,7 @@ class HttpxTransport:
         return self._answer(response, redacted, body.data)
 
     async def _attempt_async(self, client: httpx.AsyncClient, cancellation: Cancellation) -> Token:
-        request, redacted = self._requests(client)
+        request, redacted = self._requests(client, cancellation)
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -188,9 +188,11 @@ class HttpxTransport:
             raise broke_off(self.endpoint, exc) from exc
 
     def _requests(
-        self, client: httpx.Client | httpx.AsyncClient
+        self, client: httpx.Client | httpx.AsyncClient, cancellation: Cancellation
     ) -> tuple[httpx.Request, httpx.Request]:
-        """The token request, and the copy without the key that errors and responses carry."""
+        """The token request (an attempt, counted), and the copy without the key that errors
+        and responses carry."""
+        cancellation.attempts += 1
         method, url, headers, body = token_request(self.endpoint, self._api_key)
         request = client.build_request(method, url, headers=headers, content=body)
         return request, httpx.Request(method, url, headers=request.headers, content=REDACTED_BODY)

@@ -171,6 +171,7 @@ class RequestsTransport:
         # for mocking libraries' call logs.
         redacted = prepared.copy()
         redacted.body = REDACTED_BODY
+        cancellation.attempts += 1
         # stream: read below, within the limit; no redirect: the key goes nowhere else
         options = {**settings.send_options(session, url), "stream": True, "allow_redirects": False}
         try:

@@ -29,7 +29,7 @@ from ._replay import (
     resend,
     warn_replay_skipped,
 )
-from ._token import Token
+from ._token import TokenInfo
 from ._transport_requests import RequestsTransport, SendSettings
 
 if TYPE_CHECKING:
@@ -101,8 +101,10 @@ class OpsNowAuth(AuthCore, AuthBase):
         """A valid access token, fetched if needed."""
         return self.get_token_info().value
 
-    def get_token_info(self, *, fresh: bool = False) -> Token:
-        """Like :meth:`get_token`, with the expiry: a :class:`Token` (value, expires_at).
+    def get_token_info(self, *, fresh: bool = False) -> TokenInfo:
+        """Like :meth:`get_token`, with the expiry, where the token came from and when it falls
+        due: a :class:`TokenInfo` (a :class:`Token`: value, expires_at, issued_at; and source,
+        refresh_at).
 
         ``fresh=True`` waits for the refresh of a token that is due, instead of
         returning it while a background thread refreshes it: for short-lived
@@ -110,7 +112,8 @@ class OpsNowAuth(AuthCore, AuthBase):
         """
         lifecycle, bound = self._lifecycle, self._endpoint.bound
         flow = lifecycle.fresh(bound) if fresh else lifecycle.obtain(bound)
-        return run(flow, self._transport).token
+        held = run(flow, self._transport)
+        return TokenInfo(held.token, held.source, held.refresh_at)
 
     def follow_settings_of(self, session: requests.Session) -> None:
         """Send token requests with ``session``'s verify, cert, proxies and trust_env, read
@@ -137,7 +140,7 @@ class OpsNowAuth(AuthCore, AuthBase):
         ready = prepare_replay(response)
         lifecycle, transport = self._lifecycle, self._transport
         if isinstance(ready, str):
-            run(lifecycle.reject(sent.token), transport)
+            run(lifecycle.replay_skipped(sent.token), transport)
             warn_replay_skipped(request.method or "", request.url or "", ready)
             return response
         where = route(request.method or "", request.url or "")

@@ -84,7 +84,7 @@ class OpsNowAuth(AuthCore, httpx.Auth):
         if not _rejected(response, held):
             return
         if not _resendable(request):
-            yield from lifecycle.reject(held.token)
+            yield from lifecycle.replay_skipped(held.token)
             warn_replay_skipped(request.method, str(request.url), _STREAMING)
             return
         where = route(request.method, str(request.url))

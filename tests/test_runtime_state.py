@@ -22,6 +22,7 @@ from requests_opsnow._driver_sync import _Refreshers, _Watchdog
 from requests_opsnow._lifecycle import TokenLifecycle, _Registry
 from requests_opsnow._profiles import _Files, _Keys
 from requests_opsnow._runtime import RuntimeState
+from requests_opsnow._telemetry import _Subscribers
 from requests_opsnow.httpx import OpsNowAuth as HttpxOpsNowAuth
 
 
@@ -46,6 +47,7 @@ def factories(tmp_path: Path) -> dict[type, Callable[[], Any]]:
         _StoresByPlace: _StoresByPlace,
         _Watchdog: _Watchdog,
         _Refreshers: _Refreshers,
+        _Subscribers: _Subscribers,
         _Files: _Files,
         _Keys: _Keys,
     }
