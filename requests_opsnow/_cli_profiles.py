@@ -12,9 +12,17 @@ import argparse
 import getpass
 import os
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from ._config import API_KEY_ENV, BASE_URL_ENV, PROFILE_ENV, REGIONS, TOKEN_CACHE_ENV, Sources
+from ._config import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    PROFILE_ENV,
+    REGIONS,
+    TOKEN_CACHE_ENV,
+    NoApiKeyError,
+    Sources,
+)
 from ._hosts import safe_place, safe_url
 from ._profiles import (
     DEFAULT_PROFILE,
@@ -30,9 +38,11 @@ from ._profiles import (
     save_profile,
     store_in_keyring,
 )
+from .errors import ApiKeyUnavailableError
 
 if TYPE_CHECKING:
     from .auth import OpsNowAuth
+    from .cache import TokenCache
 
 
 class ConfigureError(Exception):
@@ -147,28 +157,64 @@ def _describe_source(profile: Profile) -> str:
     }.get(profile.api_key_source or "", "not configured")
 
 
-def run_status(args: argparse.Namespace, auth: OpsNowAuth) -> int:
+def run_status(
+    args: argparse.Namespace,
+    base_url: str | None,
+    store: TokenCache | None,
+    build_auth: Callable[[], OpsNowAuth],
+) -> int:
+    """What the commands would use. Without a key, what is known all the same, why there
+    is none and the command that fixes it; then the error (exit 3)."""
     sources = Sources(args.profile)
     profile = sources.profile()
     print(f"profile: {profile.name if profile is not None else '(none)'}")
-    print(f"base URL: {safe_url(auth.base_url)}")
+    url = sources.base_url(base_url)
+    print(f"base URL: {safe_url(url)}")
+    region = next((name for name, known in REGIONS.items() if known == url), None)
+    if region is not None:
+        print(f"region: {region}")
+    if base_url is None and os.environ.get(BASE_URL_ENV, "").strip():
+        print(f"(base URL from {BASE_URL_ENV})")
     if os.environ.get(API_KEY_ENV, "").strip():
         print(f"key: from {API_KEY_ENV}")
     else:
         print(f"key: {_describe_source(profile) if profile is not None else 'not configured'}")
-    if os.environ.get(BASE_URL_ENV, "").strip():
-        print(f"(base URL from {BASE_URL_ENV})")
-    store = auth.token_cache
-    print(f"token cache: {store!r}" if store is not None else "token cache: memory")
-    if os.environ.get(TOKEN_CACHE_ENV, "").strip():
+    place = sources.store_place() if store is None else None
+    print(f"token cache: {store!r}" if store is not None else f"token cache: {_place(place)}")
+    if store is None and os.environ.get(TOKEN_CACHE_ENV, "").strip():
         print(f"(token cache from {TOKEN_CACHE_ENV})")
-    token = auth.cached_token()
+    try:
+        auth = build_auth()
+    except (NoApiKeyError, ApiKeyUnavailableError) as error:
+        if isinstance(error, ApiKeyUnavailableError):
+            print(f"key problem: {error}")
+        print(f"to fix: {_fix(profile)}")
+        raise
+    try:
+        token = auth.cached_token()
+    finally:
+        auth.close()
     if token is None:
         print("cached token: none")
     else:
         moment = datetime.fromtimestamp(token.expires_at, tz=timezone.utc)
         print(f"cached token: expires {moment.isoformat(timespec='seconds')}")
     return 0
+
+
+def _place(place: str | None) -> str:
+    return safe_place(place) if place is not None else "memory"
+
+
+def _fix(profile: Profile | None) -> str:
+    """The command that stores a key for ``profile`` where it looks for one."""
+    if profile is None:
+        return f"opsnow configure (or set {API_KEY_ENV})"
+    option = {
+        "plaintext": " --insecure-storage",
+        "command": " --api-key-command COMMAND",
+    }.get(profile.api_key_source or ("command" if profile.api_key_command else ""), "")
+    return f"opsnow configure --profile {profile.name}{option}"
 
 
 def run_logout(args: argparse.Namespace, auth: OpsNowAuth | None) -> int:

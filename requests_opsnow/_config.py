@@ -102,7 +102,15 @@ def base_url_for_region(region: str) -> str:
 
 
 class NoApiKeyError(ValueError):
-    """No key from the argument, the environment or a profile (the CLI exits 3 for it)."""
+    """No key from the argument, the environment or a profile (the CLI exits 3 for it).
+    ``profile``: the profile that was read (None: none was), for the CLI's own advice."""
+
+    def __init__(self, message: str, profile: str | None = None) -> None:
+        super().__init__(message, profile)
+        self.profile = profile
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class Sources:
@@ -139,7 +147,8 @@ class Sources:
         if not key:
             key = self._profile_key()
         if not key:
-            raise NoApiKeyError(self._no_key_message())
+            profile = self.profile()
+            raise NoApiKeyError(self._no_key_message(), profile.name if profile else None)
         return key
 
     def _no_key_message(self) -> str:

@@ -67,9 +67,20 @@ def _report(error: Exception, *, debug: bool) -> int:
     if debug:
         traceback.print_exc()
     code = _exit_code(error)
-    text = " ".join(str(error).split())  # one line, whatever a server put in its message
+    message = _no_key_message(error) if isinstance(error, NoApiKeyError) else str(error)
+    text = " ".join(message.split())  # one line, whatever a server put in its message
     print(f"opsnow: error: {text}", file=sys.stderr)
     return code
+
+
+def _no_key_message(error: NoApiKeyError) -> str:
+    """The missing key's advice in the command line's words (the library's names api_key=)."""
+    if error.profile is None:
+        return f"no OpsNow API key: set {API_KEY_ENV}, or store one with: opsnow configure"
+    return (
+        f"no OpsNow API key: profile {error.profile!r} names no key source; set {API_KEY_ENV},"
+        f" or store one with: opsnow configure --profile {error.profile}"
+    )
 
 
 def _exit_code(error: Exception) -> int:
@@ -213,7 +224,7 @@ def _run_profiles(args: argparse.Namespace) -> int:
 def _run_status(args: argparse.Namespace) -> int:
     from ._cli_profiles import run_status
 
-    return run_status(args, _auth(args))
+    return run_status(args, _base_url(args), _store(args), lambda: _auth(args))
 
 
 def _run_logout(args: argparse.Namespace) -> int:

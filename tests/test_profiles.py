@@ -492,3 +492,40 @@ def test_a_plaintext_key_does_not_outlive_its_profile(
     credentials = (config_home / "credentials").read_text()
     assert "old-plaintext-key" not in credentials
     assert "other-profile-key" in credentials
+
+
+def test_status_on_a_fresh_machine_shows_what_it_knows_and_the_fix(cli: Cli) -> None:
+    status = cli("status", OPSNOW_API_KEY="", OPSNOW_BASE_URL="")
+    assert status.returncode == 3
+    assert "profile: (none)" in status.stdout
+    assert "base URL: https://api.opsnow360.io" in status.stdout
+    assert "region: global" in status.stdout
+    assert "key: not configured" in status.stdout
+    assert "to fix: opsnow configure" in status.stdout
+    line = status.stderr.strip()
+    assert line.startswith("opsnow: error: no OpsNow API key")
+    assert "OPSNOW_API_KEY" in line
+    assert "opsnow configure" in line
+    assert "api_key=" not in status.stdout + status.stderr  # no Python advice on the command line
+
+
+def test_status_after_logout_says_where_the_key_would_be_and_how_to_store_it(
+    fake: FakeOpsNow, cli: Cli, config_home: Path
+) -> None:
+    write_config(config_home, "[kr]\nregion = kr\napi_key_source = plaintext\n")
+    write_credentials(config_home, {"kr": fake.api_key})
+    env = {
+        "OPSNOW_API_KEY": "",
+        "OPSNOW_BASE_URL": "",
+        "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"],
+    }
+    assert cli("--profile", "kr", "logout", **env).returncode == 0
+    status = cli("--profile", "kr", "status", **env)
+    assert status.returncode == 3
+    assert "profile: kr" in status.stdout
+    assert "region: kr" in status.stdout
+    assert f"key: in {config_home / 'credentials'}" in status.stdout
+    assert "no api_key for it" in status.stdout
+    assert "to fix: opsnow configure --profile kr --insecure-storage" in status.stdout
+    assert "api_key=" not in status.stdout + status.stderr
+    assert fake.api_key not in status.stdout + status.stderr
