@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol, runtime_checkable
 
+from . import _clock
 from ._runtime import RuntimeState
 from ._token import Token
 
@@ -42,11 +44,18 @@ class TokenCache(Protocol):
         """Held around "look in the cache, else fetch and store" for ``key``."""
 
 
+MEMORY_KEYS = 10_000
+"""The most tokens a :class:`MemoryTokenCache` keeps, the least recently used forgotten
+first (expired ones as soon as they are seen): a few MB at most, however many keys."""
+
+
 class MemoryTokenCache(RuntimeState):
-    """A dict in this process. Copies and pickles start empty.
+    """A dict in this process, of at most :data:`MEMORY_KEYS` tokens. Copies and pickles
+    start empty.
 
     Auths need none by default (their shared token lifecycle keeps the token in
-    memory); the file and Redis stores use one as their fallback.
+    memory); the file and Redis stores use one as their fallback. A key's lock
+    exists only while someone holds or waits for it.
     """
 
     _runtime_fields = ("_tokens", "_guard", "_key_locks")
@@ -56,18 +65,26 @@ class MemoryTokenCache(RuntimeState):
         self._start_runtime()
 
     def _new_runtime_state(self) -> None:
-        self._tokens: dict[str, Token] = {}
+        self._tokens: OrderedDict[str, Token] = OrderedDict()
         self._guard = threading.Lock()
-        self._key_locks: dict[str, threading.Lock] = {}
+        self._key_locks: dict[str, tuple[threading.Lock, int]] = {}  # the lock, its users
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
     def get(self, key: str) -> Token | None:
-        return self._tokens.get(key)
+        token = self._tokens.get(key)
+        if token is not None and token.expires_at <= _clock.now():
+            self.delete(key, token)
+            return None
+        return token
 
     def set(self, key: str, token: Token) -> None:
-        self._tokens[key] = token
+        with self._guard:
+            self._tokens[key] = token
+            self._tokens.move_to_end(key)
+            while len(self._tokens) > MEMORY_KEYS:
+                self._tokens.popitem(last=False)
 
     def delete(self, key: str, token: Token | None = None) -> None:
         with self._guard:
@@ -77,9 +94,19 @@ class MemoryTokenCache(RuntimeState):
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         with self._guard:
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            yield
+            key_lock, users = self._key_locks.get(key, (None, 0))
+            key_lock = key_lock or threading.Lock()
+            self._key_locks[key] = (key_lock, users + 1)
+        try:
+            with key_lock:
+                yield
+        finally:
+            with self._guard:
+                _, users = self._key_locks[key]
+                if users == 1:
+                    del self._key_locks[key]
+                else:
+                    self._key_locks[key] = (key_lock, users - 1)
 
     def lock(self, key: str) -> AbstractContextManager[object]:
         return self._locked(key)

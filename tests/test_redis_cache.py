@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import multiprocessing
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -23,6 +25,7 @@ import redis
 import requests
 
 from requests_opsnow import OpsNowSession, Token
+from requests_opsnow import cache as cache_module
 from requests_opsnow.cache import cache_key
 from requests_opsnow.rediscache import BREAKER_MAX_PAUSE, RedisTokenCache
 from requests_opsnow.testing import FakeOpsNow
@@ -436,3 +439,39 @@ def test_a_rejected_key_costs_one_token_request_for_a_whole_fleet_within_its_win
             errors = [future.result(timeout=60) for future in futures]
     assert errors == [25] * 4
     assert fake.token_requests <= 2  # the window, recorded in Redis, held for every host
+
+
+def test_a_cache_over_many_keys_keeps_a_bounded_memory(
+    client: Any,
+    make_cache: Callable[..., RedisTokenCache],
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Per-key state lives in Redis; in the process, at most MEMORY_KEYS fallback tokens
+    # (the least recently used go; 10,000 by default, 200 here) and a key's lock only
+    # while it is held. It used to keep every key's token and lock: 13 MB at 20,000 keys.
+    monkeypatch.setattr(cache_module, "MEMORY_KEYS", 200)
+    cache = make_cache(client, prefix=prefix)
+    now = time.time()
+
+    def use(keys: range) -> None:
+        for number in keys:
+            key = f"{number:064x}"
+            if number % 20 == 0:
+                with cache.lock(key):
+                    cache.set(key, Token("t" * 300, now + 600, now))
+            else:
+                cache.set(key, Token("t" * 300, now + 600, now))
+
+    use(range(400))  # warm up to the bound
+    gc.collect()
+    tracemalloc.start()
+    try:
+        use(range(400, 2400))
+        gc.collect()
+        grown, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000  # 2,000 more keys, each ~1 kB in memory if kept: 2 MB
+    assert cache.get(f"{2399:064x}") is not None  # Redis still has every one
+    assert cache.get(f"{401:064x}") is not None
