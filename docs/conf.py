@@ -62,20 +62,8 @@ def drop_type_docstrings(
         lines.clear()
 
 
-def point_at_the_guide(
-    app: Sphinx, what: str, name: str, obj: object, options: object, lines: list[str]
-) -> None:
-    """OpsNowAuth's docstring sends readers to the README for the options, which are now in
-    the guide's "Configuration". Until the docstring says so itself, the reference does."""
-    for index, line in enumerate(lines):
-        lines[index] = line.replace(
-            "README for every option", "user guide (:doc:`usage`, Configuration) for every option"
-        )
-
-
 def setup(app: Sphinx) -> None:
     app.connect("autodoc-process-docstring", drop_type_docstrings)
-    app.connect("autodoc-process-docstring", point_at_the_guide)
 
 
 html_theme = "alabaster"

@@ -43,8 +43,9 @@ class OpsNowAuth(AuthCore, AuthBase):
 
     ``requests.get(url, auth=OpsNowAuth(key))`` or ``session.auth = OpsNowAuth()``.
     Every auth with the same token URL, key, refresh margin and token store
-    shares one token in a process, so building one per call is cheap. See the
-    README for every option; ``None`` always means "the default".
+    shares one token in a process, so building one per call is cheap. Every option
+    is in the user guide ("Getting started", Configuration); ``None`` always means
+    "the default".
     """
 
     _runtime_fields = (*AuthCore._runtime_fields, "_attached")

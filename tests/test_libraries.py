@@ -175,7 +175,8 @@ def test_an_opsnow_session_keeps_its_token_across_a_same_host_redirect_despite_n
 
 @pytest.mark.usefixtures("netrc_for")
 def test_a_plain_session_lets_netrc_replace_the_token_on_a_redirect(fake: FakeOpsNow) -> None:
-    """requests' own rule, documented in the README: OpsNowSession is the fix."""
+    """requests' own rule, documented in the user guide (docs/libraries.md): OpsNowSession
+    is the fix."""
     auth = OpsNowAuth(fake.api_key, base_url=fake.base_url)
     with requests.Session() as session:
         response = session.get(
