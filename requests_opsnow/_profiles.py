@@ -18,11 +18,14 @@ The file never holds a key. A profile's key comes from its source:
 - ``keyring``: the OS keyring (the ``keyring`` library, the ``keyring``
   extra), service :data:`KEYRING_SERVICE`, the profile's name as the user;
 - ``command``: the first line of ``api_key_command``'s output (Vault, 1Password,
-  ``pass``...), run without a shell, with a timeout, its stderr not echoed;
+  ``pass``...), run without a shell, bounded in time and output, its stderr not
+  echoed;
 - ``plaintext``: ``credentials`` beside ``config``, created 0600, only when
   the user asked for it (``opsnow configure --insecure-storage``).
 
-``docs/design.md``, "Profiles", gives the resolution order.
+The files name a command to run and a URL to send the key to: they are obeyed
+only if no other user could have written them. ``docs/design.md``, "Profiles",
+gives the resolution order, these trust rules and the limits.
 """
 
 from __future__ import annotations
@@ -182,7 +185,10 @@ def check_profile(profile: Profile) -> None:
     if profile.token_cache is not None:
         token_cache_place(profile.token_cache, f"{where}: token_cache")
     if profile.api_key_source is not None and profile.api_key_source not in KEY_SOURCES:
-        raise ValueError(f"{where}: api_key_source must be one of {', '.join(KEY_SOURCES)}")
+        raise ValueError(
+            f"{where}: api_key_source must be one of {', '.join(KEY_SOURCES)},"
+            f" got {profile.api_key_source!r}"
+        )
     if profile.api_key_command is not None:
         try:
             argv = shlex.split(profile.api_key_command)
