@@ -1,6 +1,8 @@
-"""requests-opsnow: drop-in ``requests`` authentication for the OpsNow API::
+"""requests-opsnow: drop-in ``requests`` authentication for the OpsNow API.
 
-    requests.get(url, auth=OpsNowAuth(key))       # or: session.auth = OpsNowAuth()
+Usage::
+
+    requests.get(url, auth=OpsNowAuth(key))  # or: session.auth = OpsNowAuth()
 """
 
 from __future__ import annotations
