@@ -420,7 +420,7 @@ def _write_private(path: Path, parser: configparser.ConfigParser) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = io.StringIO()
     parser.write(text)
-    replace_atomically(path, text.getvalue())
+    replace_atomically(path, text.getvalue(), through_link=True, sync=True)
     _files.forget(path)
 
 

@@ -142,8 +142,9 @@ _MAX_BACKOFF_MESSAGE = 1000
 def backoff_to_record(until: float, kind: str, message: str) -> str:
     """A backoff window as the shared stores keep it: when it ends, the error's class name
     and its message (which holds no key)."""
+    message = message[:_MAX_BACKOFF_MESSAGE]  # a record cut short would not read back
     record = {"format": BACKOFF_FORMAT, "until": until, "kind": kind, "message": message}
-    return json.dumps(record, sort_keys=True)[:MAX_RECORD_SIZE]
+    return json.dumps(record, sort_keys=True)
 
 
 def backoff_from_record(raw: str | bytes) -> tuple[float, str, str] | None:

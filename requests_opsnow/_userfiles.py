@@ -84,19 +84,29 @@ def private_folder(path: Path) -> None:
         os.close(descriptor)
 
 
-def replace_atomically(path: Path, text: str) -> None:
-    """Replace the file at ``path`` with ``text``: a new 0600 file, written, flushed to disk
-    and renamed over it. A symbolic link (a dotfile manager's) stays a link: its target is
-    the file replaced, in the target's own folder."""
-    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+def replace_atomically(
+    path: Path, text: str, *, through_link: bool = False, sync: bool = False, mtime: float = 0.0
+) -> None:
+    """Replace the file at ``path`` with ``text``: a new 0600 file, written and renamed over
+    it, so that a reader sees the old file or the new, never part of one.
+
+    ``through_link``: a symbolic link (a dotfile manager's) stays a link and its target is
+    the file replaced, in the target's own folder; else a link at ``path`` is replaced, never
+    followed. ``sync``: flushed to disk before the rename. ``mtime``: the new file's
+    modification time, set before it appears (the token cache's sweep reads expiry there).
+    """
+    target = Path(os.path.realpath(path)) if through_link and path.is_symlink() else path
     # mkstemp: a new file (O_EXCL, 0600), never one someone left or linked there.
     descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     temporary = Path(name)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        if mtime:
+            os.utime(temporary, (mtime, mtime))
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)

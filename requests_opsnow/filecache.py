@@ -7,6 +7,11 @@ temporary file and atomically renamed. A cross-process lock (``filelock``)
 makes the fetch single-flight across processes. Anything unexpected on disk is
 ignored, never a crash; a folder that cannot be used degrades to memory with
 one warning.
+
+Every file's modification time is when it stops meaning anything (a token's
+expiry, a backoff window's end), so that a writer passing by can sweep the
+folder with one ``stat`` per file, at most once per :data:`SWEEP_INTERVAL` for
+all processes together: a read or write never scans the folder.
 """
 
 from __future__ import annotations
@@ -14,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import stat
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -26,8 +29,15 @@ from typing import Any
 
 from . import _clock
 from ._runtime import RuntimeState
-from ._token import MAX_RECORD_SIZE, Token, token_from_record, token_to_record
-from ._userfiles import current_uid, private_folder, read_regular
+from ._token import (
+    MAX_RECORD_SIZE,
+    Token,
+    backoff_from_record,
+    backoff_to_record,
+    token_from_record,
+    token_to_record,
+)
+from ._userfiles import current_uid, private_folder, read_regular, replace_atomically
 from .cache import MemoryTokenCache
 
 log = logging.getLogger("requests_opsnow")
@@ -41,6 +51,17 @@ is released by the operating system at once."""
 
 STALE_TEMPORARY_AGE = 300.0
 """Temporary files left by a process killed mid-write are removed after this long."""
+
+SWEEP_INTERVAL = 60.0
+"""Seconds between two sweeps of a folder, by whichever process writes a token then; a
+sweep removes expired tokens, ended backoff windows, their locks, and stale temporaries."""
+
+SWEEP_KEYS = 500
+"""The most keys one sweep removes the files of (about 0.1 s of one writer's time); the
+rest wait for the next sweep."""
+
+_SWEPT = ".swept"
+"""The folder's sweep marker: its modification time is when the next sweep is due."""
 
 
 def default_cache_dir() -> Path | None:
@@ -81,14 +102,14 @@ class FileTokenCache(RuntimeState):
         self.lock_wait = lock_wait
         self._start_runtime()
 
-    _runtime_fields = ("_memory", "_guard", "_file_locks", "_degraded")
-    _kept_across_fork = ("_memory", "_degraded")
+    _runtime_fields = ("_memory", "_guard", "_degraded", "_sweep_due")
+    _kept_across_fork = ("_memory", "_degraded", "_sweep_due")
 
     def _new_runtime_state(self) -> None:
         self._memory = MemoryTokenCache()  # where tokens go when the folder fails us
         self._guard = threading.Lock()
-        self._file_locks: dict[str, Any] = {}
         self._degraded = False
+        self._sweep_due = 0.0  # wall-clock, as the marker says; 0: look at the marker
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.directory)!r})"
@@ -111,9 +132,17 @@ class FileTokenCache(RuntimeState):
     def set(self, key: str, token: Token) -> None:
         self._memory.set(key, token)
         try:
-            self._write_atomically(self._token_path(key), token)
+            path = self._token_path(key)
+            folder = self._folder()
+            replace_atomically(path, token_to_record(token), mtime=token.expires_at)
+            path.with_suffix(".backoff").unlink(missing_ok=True)  # a token: the way is clear
         except OSError as exc:
             self._degrade(exc)
+            return
+        try:
+            self._sweep_if_due(folder)
+        except OSError as exc:  # the token is stored: a sweep that fails waits for the next
+            log.debug("token cache folder not swept: %s", type(exc).__name__)
 
     def delete(self, key: str, token: Token | None = None) -> None:
         self._memory.delete(key, token)
@@ -129,6 +158,25 @@ class FileTokenCache(RuntimeState):
 
     def lock(self, key: str) -> AbstractContextManager[object]:
         return self._locked(key)
+
+    # -- a backoff window the processes share (optional to the protocol) ------------------
+
+    def backoff(self, key: str) -> tuple[float, str, str] | None:
+        """The window after a failed token request, recorded by any process: (until, kind,
+        message); None if there is none."""
+        try:
+            raw = self._read_file(self._token_path(key).with_suffix(".backoff"))
+        except OSError:
+            return None
+        return backoff_from_record(raw)
+
+    def set_backoff(self, key: str, until: float, kind: str, message: str) -> None:
+        try:
+            path = self._token_path(key).with_suffix(".backoff")
+            self._folder()
+            replace_atomically(path, backoff_to_record(until, kind, message), mtime=until)
+        except OSError as exc:
+            self._degrade(exc)
 
     # -- files --------------------------------------------------------------------------
 
@@ -158,26 +206,10 @@ class FileTokenCache(RuntimeState):
             raise FileNotFoundError("no cache folder")
         return self.directory / f"{key}.json"
 
-    def _write_atomically(self, path: Path, token: Token) -> None:
-        folder = self._folder()
-        temporary = folder / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(token_to_record(token))
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-        _remove_stale_temporaries(folder, path.stem)
-
     def _read(self, key: str) -> Token | None:
         """The token stored for ``key``, or None if missing, expired, corrupt or not ours."""
         try:
-            path = self._token_path(key)
-            self._check_folder()
-            raw = _read_own_file(path)
+            raw = self._read_file(self._token_path(key))
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -189,36 +221,62 @@ class FileTokenCache(RuntimeState):
             return None
         return token if token.expires_at > _clock.now() else None
 
+    def _read_file(self, path: Path) -> bytes:
+        """A file of the folder, if the folder and the file are ours; else OSError."""
+        self._check_folder()
+        return _read_own_file(path)
+
+    # -- the sweep ------------------------------------------------------------------------
+
+    def _sweep_if_due(self, folder: Path) -> None:
+        """Sweep the folder if no process has for :data:`SWEEP_INTERVAL`: the marker's
+        modification time says when; this process reads it at most once per interval."""
+        now = _clock.now()
+        if now < self._sweep_due:
+            return
+        marker = folder / _SWEPT
+        with contextlib.suppress(FileNotFoundError):
+            due = marker.lstat().st_mtime
+            if now < due:
+                self._sweep_due = due
+                return
+        self._sweep_due = now + SWEEP_INTERVAL
+        descriptor = os.open(marker, os.O_WRONLY | os.O_CREAT | _NO_FOLLOW, 0o600)
+        os.close(descriptor)
+        os.utime(marker, (self._sweep_due, self._sweep_due))  # claimed: others skip
+        _sweep(folder, now, self._file_lock)
+
     # -- locking --------------------------------------------------------------------------
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         # Threads first (old filelock releases are not thread-local), then processes.
         with self._memory.lock(key):
-            file_lock = self._file_lock(key)
+            try:
+                file_lock = self._file_lock(key)
+            except OSError as exc:
+                self._degrade(exc)
+                file_lock = None
             try:
                 yield
             finally:
                 if file_lock is not None:
                     file_lock.release()
 
-    def _file_lock(self, key: str) -> Any:
-        """The acquired cross-process lock for ``key``; None when it cannot be had."""
+    def _file_lock(self, key: str, wait: float | None = None) -> Any:
+        """The acquired cross-process lock for ``key``, waited for up to ``wait`` (default:
+        ``lock_wait``); None if busy that long. A new lock object each time: the cache keeps
+        nothing per key."""
         from filelock import FileLock, Timeout  # imported when first needed: keeps import light
 
+        wait = self.lock_wait if wait is None else wait
         try:
             path = self._folder() / f"{self._token_path(key).stem}.lock"
-            with self._guard:
-                file_lock = self._file_locks.get(key)
-                if file_lock is None:
-                    file_lock = FileLock(str(path), timeout=self.lock_wait, mode=0o600)
-                    self._file_locks[key] = file_lock
+            file_lock = FileLock(str(path), timeout=wait, mode=0o600)
             file_lock.acquire()
         except Timeout:
-            log.warning("token cache lock busy for %.0f s; going on without it", self.lock_wait)
-            return None
-        except OSError as exc:
-            self._degrade(exc)
+            if wait:
+                log.warning("token cache lock busy for %.0f s; going on without it", wait)
             return None
         return file_lock
 
@@ -242,10 +300,53 @@ def _read_own_file(path: Path) -> bytes:
     return raw
 
 
-def _remove_stale_temporaries(folder: Path, stem: str) -> None:
-    """Temporary files of writers killed mid-write: each holds a token, so clear them."""
-    cutoff = time.time() - STALE_TEMPORARY_AGE
-    for leftover in folder.glob(f".{stem}.*.tmp"):
-        with contextlib.suppress(OSError):
-            if leftover.lstat().st_mtime < cutoff:
-                leftover.unlink()
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+_MEANINGFUL_UNTIL_MTIME = (".json", ".backoff")
+"""A key's files whose modification time is when they stop meaning anything."""
+
+
+def _sweep(folder: Path, now: float, file_lock: Any) -> None:
+    """Remove the folder's expired tokens and ended backoff windows with their locks (a
+    key's files together, under its lock taken without waiting), and stale temporaries.
+
+    One ``stat`` per file. A key whose lock is busy is left for the next sweep. Token
+    writers hold the key's lock, so a token written meanwhile is never removed.
+    """
+    live: set[str] = set()
+    expired: set[str] = set()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            key, suffix = os.path.splitext(entry.name)
+            if key.isalnum() and suffix == ".lock":
+                expired.add(key)  # unless its token or window lives: no stat needed
+                continue
+            meaningful = key.isalnum() and suffix in _MEANINGFUL_UNTIL_MTIME
+            temporary = entry.name.startswith(".") and suffix == ".tmp"
+            if not (meaningful or temporary):
+                continue  # not ours: left alone
+            with contextlib.suppress(OSError):
+                modified = entry.stat(follow_symlinks=False).st_mtime
+                if meaningful:
+                    (live if modified > now else expired).add(key)
+                elif modified < now - STALE_TEMPORARY_AGE:
+                    os.unlink(entry.path)
+    for key in sorted(expired - live)[:SWEEP_KEYS]:
+        _forget_key(folder, key, now, file_lock)
+
+
+def _forget_key(folder: Path, key: str, now: float, file_lock: Any) -> None:
+    """Remove ``key``'s files if, under its lock, none has come to mean something again."""
+    lock = file_lock(key, 0.0)
+    if lock is None:
+        return  # in use: a process is fetching this key's token
+    try:
+        for suffix in _MEANINGFUL_UNTIL_MTIME:
+            with contextlib.suppress(FileNotFoundError):
+                if (folder / f"{key}{suffix}").lstat().st_mtime > now:
+                    return  # written since the scan
+        for suffix in (*_MEANINGFUL_UNTIL_MTIME, ".lock"):  # the lock last, while held
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / f"{key}{suffix}")
+    finally:
+        lock.release()

@@ -94,15 +94,29 @@ def token_of(auth: Any) -> str:
     return token
 
 
-def rejected_member(barrier: Any, redis_url: str, prefix: str, base_url: str, calls: int) -> int:
-    """One host with a rejected key: ``calls`` token requests asked for; the errors it got."""
-    import redis
-
+def rejected_member(
+    barrier: Any,
+    base_url: str,
+    calls: int,
+    *,
+    redis_url: str = "",
+    prefix: str = "",
+    directory: str = "",
+) -> int:
+    """One process with a rejected key, sharing a Redis (``redis_url``) or a FileTokenCache
+    (``directory``) with the others: ``calls`` token requests asked for; the errors it got."""
     from requests_opsnow import InvalidApiKeyError, OpsNowAuth
-    from requests_opsnow.rediscache import RedisTokenCache
+    from requests_opsnow.filecache import FileTokenCache
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    cache = RedisTokenCache(client, prefix=prefix)
+    if redis_url:
+        import redis
+
+        from requests_opsnow.rediscache import RedisTokenCache
+
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        cache: Any = RedisTokenCache(client, prefix=prefix)
+    else:
+        cache = FileTokenCache(directory)
     auth = OpsNowAuth("a-key-the-fleet-was-given-wrong", base_url=base_url, cache=cache)
     errors = 0
     try:
@@ -114,5 +128,7 @@ def rejected_member(barrier: Any, redis_url: str, prefix: str, base_url: str, ca
                 errors += 1
         return errors
     finally:
-        cache.close()
-        client.close()
+        auth.close()
+        if redis_url:
+            cache.close()
+            client.close()

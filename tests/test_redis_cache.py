@@ -433,7 +433,9 @@ def test_a_rejected_key_costs_one_token_request_for_a_whole_fleet_within_its_win
         barrier = manager.Barrier(4)
         with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
             futures = [
-                pool.submit(rejected_member, barrier, redis_url, prefix, fake.base_url, 25)
+                pool.submit(
+                    rejected_member, barrier, fake.base_url, 25, redis_url=redis_url, prefix=prefix
+                )
                 for _ in range(4)
             ]
             errors = [future.result(timeout=60) for future in futures]
