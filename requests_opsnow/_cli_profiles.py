@@ -24,6 +24,7 @@ from ._config import (
     Sources,
 )
 from ._hosts import safe_place, safe_url
+from ._keysources import KEY_FILE_ENV
 from ._profiles import (
     DEFAULT_PROFILE,
     Profile,
@@ -175,8 +176,11 @@ def run_status(
         print(f"region: {region}")
     if base_url is None and os.environ.get(BASE_URL_ENV, "").strip():
         print(f"(base URL from {BASE_URL_ENV})")
+    key_file = os.environ.get(KEY_FILE_ENV, "").strip()
     if os.environ.get(API_KEY_ENV, "").strip():
         print(f"key: from {API_KEY_ENV}")
+    elif key_file:
+        print(f"key: the first line of {key_file} ({KEY_FILE_ENV})")
     else:
         print(f"key: {_describe_source(profile) if profile is not None else 'not configured'}")
     place = sources.store_place() if store is None else None
@@ -197,9 +201,13 @@ def run_status(
     if token is None:
         print("cached token: none")
     else:
-        moment = datetime.fromtimestamp(token.expires_at, tz=timezone.utc)
-        print(f"cached token: expires {moment.isoformat(timespec='seconds')}")
+        print(f"cached token: expires {_moment(token.expires_at)}, from the {token.source} store")
+        print(f"  obtained {_moment(token.issued_at)}; refresh due by {_moment(token.refresh_at)}")
     return 0
+
+
+def _moment(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def _place(place: str | None) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional, TypedDict, Union
 
 from ._hosts import safe_place
+from ._keysources import KEY_FILE_ENV, KeyFile, KeySource
 from ._runtime import RuntimeState
 
 if TYPE_CHECKING:
@@ -138,25 +139,36 @@ class Sources:
             self._loaded = named_profile(self._name)
         return self._loaded if isinstance(self._loaded, tuple) else None
 
-    def api_key(self, api_key: str | None) -> str:
+    def api_key(self, api_key: str | None) -> tuple[str, KeySource | None]:
+        """The key, first found: the argument, ``OPSNOW_API_KEY``, ``OPSNOW_API_KEY_FILE``,
+        the profile; and where to read it again (None for the first two: they cannot
+        change)."""
         if api_key is None:
             api_key = os.environ.get(API_KEY_ENV)
         if api_key is not None and not isinstance(api_key, str):
             raise TypeError(f"api_key must be a str, not {type(api_key).__name__}")
         key = (api_key or "").strip()
+        if key:
+            return key, None
+        path = os.environ.get(KEY_FILE_ENV, "").strip()
+        if path:
+            key_file = KeyFile(path)
+            return key_file.key(), key_file
+        profile = self.profile()
+        key = self._profile_key()
         if not key:
-            key = self._profile_key()
-        if not key:
-            profile = self.profile()
             raise NoApiKeyError(self._no_key_message(), profile.name if profile else None)
-        return key
+        from ._profiles import ProfileKey
+
+        assert profile is not None
+        return key, ProfileKey(profile)
 
     def _no_key_message(self) -> str:
         profile = self.profile()
         if profile is None:
             return (
-                f"no OpsNow API key: pass api_key=, set {API_KEY_ENV}, or store one with"
-                " `opsnow configure`"
+                f"no OpsNow API key: pass api_key=, set {API_KEY_ENV} (or {KEY_FILE_ENV}), or"
+                " store one with `opsnow configure`"
             )
         return (
             f"no OpsNow API key: profile {profile.name!r} names no key source; pass"

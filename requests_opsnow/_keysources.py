@@ -1,4 +1,11 @@
-"""The I/O of the key sources that can misbehave, each bounded: a helper command, a keyring.
+"""The key sources an auth can read again, and the I/O of those that can misbehave, each
+bounded: a key file, a helper command, a keyring.
+
+A key that the token endpoint rejects is read again from its source once, and a
+different key is used at once (``docs/design.md``, "A new key without a restart"): a
+:class:`KeySource` is where an auth's key came from when that place can change while
+the process runs. A key file (``OPSNOW_API_KEY_FILE``: a mounted Kubernetes or Docker
+secret) is read again whenever it changes.
 
 A helper (``api_key_command``) runs without a shell, in a process group of its
 own, with no stdin and its stderr discarded (a failing helper may print the key
@@ -17,9 +24,17 @@ import shlex
 import signal
 import subprocess
 import threading
-from typing import Any, Callable, NamedTuple
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Protocol
 
 from . import _clock
+from ._runtime import RuntimeState
+from ._token import MAX_TOKEN_LENGTH
+from ._userfiles import MAX_CONFIG_SIZE, read_regular
+from .errors import ApiKeyUnavailableError
+
+KEY_FILE_ENV = "OPSNOW_API_KEY_FILE"
+"""Names a file whose first line is the key (when ``OPSNOW_API_KEY`` is not set)."""
 
 EXIT_POLL = 0.05
 """Seconds between checks that a helper has exited while a child of its keeps its output
@@ -27,6 +42,113 @@ open (its output's end says so at once otherwise)."""
 
 KILL_WAIT = 5.0
 """Seconds to wait for a killed helper to be gone (SIGKILL cannot be ignored)."""
+
+
+class KeySource(Protocol):
+    """Where an auth's key came from, when it may hold another key later (a file, a
+    profile's keyring entry, command or credentials; not an argument or ``OPSNOW_API_KEY``,
+    which cannot change inside a running process)."""
+
+    def changed(self) -> bool:
+        """Cheap (a ``stat`` at most): whether it may hold another key than last read."""
+
+    def key_now(self) -> str | None:
+        """The key it holds now (blocking: read again if it may have changed, at most once
+        per :data:`~requests_opsnow._profiles.KEY_SOURCE_RETRY_AFTER` for a costly source);
+        None if it cannot be read now."""
+
+
+def checked_key(key: str, what: str) -> str:
+    """``key``, unless it is too long to be one (the limit of a token: one limit for both)."""
+    if len(key) > MAX_TOKEN_LENGTH:
+        raise ApiKeyUnavailableError(
+            f"{what} is {len(key)} characters long: not an API key (at most {MAX_TOKEN_LENGTH})"
+        )
+    return key
+
+
+# -- a key file -------------------------------------------------------------------------
+
+_Version = tuple[int, int, int, int]
+"""A file's device, inode, size and modification time (ns): it changed if any did."""
+
+
+class KeyFile:
+    """``OPSNOW_API_KEY_FILE``: the key is the file's first line. Links are followed (a
+    Kubernetes secret is a link that the kubelet swaps atomically); only a regular file is
+    read, up to 64 kB. Read again when the file changes, in this process at most once per
+    change whatever the number of auths."""
+
+    __slots__ = ("_version", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._version: _Version | None = None  # of the key this auth holds
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+    def key(self) -> str:
+        """The key the file holds now; ApiKeyUnavailableError naming the file if none."""
+        key, self._version = _key_files.read(self.path)
+        return key
+
+    def changed(self) -> bool:
+        try:
+            return _version_of(os.stat(self.path)) != self._version
+        except OSError:
+            return True  # gone: key_now says why
+
+    def key_now(self) -> str | None:
+        try:
+            return self.key()
+        except ApiKeyUnavailableError:
+            return None  # mid-rotation, say: the key in use stays
+
+
+def _version_of(info: os.stat_result) -> _Version:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+class _KeyFiles(RuntimeState):
+    """Key files read in this process: each read again only when it changed."""
+
+    _runtime_fields = ("_lock", "_read")
+
+    def __init__(self) -> None:
+        self._start_runtime()
+
+    def _new_runtime_state(self) -> None:
+        self._lock = threading.Lock()
+        self._read: dict[str, tuple[_Version, str]] = {}
+
+    def read(self, path: str) -> tuple[str, _Version]:
+        where = f"{KEY_FILE_ENV}={path}"
+        try:
+            version = _version_of(os.stat(path))
+            with self._lock:
+                known = self._read.get(path)
+            if known is not None and known[0] == version:
+                return known[1], version
+            data, info = read_regular(Path(path), MAX_CONFIG_SIZE, follow_links=True)
+        except OSError as exc:
+            raise ApiKeyUnavailableError(
+                f"{where}: cannot read it ({exc.strerror or type(exc).__name__})"
+            ) from None
+        lines = data.decode("utf-8", "replace").strip().splitlines()
+        key = checked_key(lines[0].strip() if lines else "", f"{where}'s first line")
+        if not key:
+            raise ApiKeyUnavailableError(f"{where}: the file holds no key")
+        version = _version_of(info)
+        with self._lock:
+            self._read[path] = (version, key)
+        return key, version
+
+
+_key_files = _KeyFiles()
+
+
+# -- a helper command -------------------------------------------------------------------
 
 
 class Finished(NamedTuple):

@@ -28,7 +28,7 @@ from . import _clock, _telemetry
 from ._protocol import BOUND_SETTINGS, retry_after
 from ._runtime import RuntimeState
 from ._telemetry import Flown
-from ._token import Token
+from ._token import Token, TokenInfo
 from .cache import TokenCache, cache_key
 from .errors import InvalidApiKeyError, OpsNowAuthError, TokenRequestError, TokenResponseError
 
@@ -336,7 +336,7 @@ class Fetch(NamedTuple):
 
 
 class Io(NamedTuple):
-    """A blocking call to the store; sends back what it returned."""
+    """A blocking call (a store's, a key source's); sends back what it returned."""
 
     call: Callable[[], Any]
 
@@ -517,9 +517,15 @@ class TokenLifecycle(RuntimeState):
         with self._lock:
             self._new_runtime_state()
 
-    def stored(self) -> Token | None:
-        """The token the store holds for this key, if any (no fetch; blocking)."""
-        return self._store_get()
+    def stored(self) -> TokenInfo | None:
+        """The token the store holds for this key, if any (no fetch; blocking): its source
+        is the store, and its ``refresh_at`` the latest moment it falls due (the process
+        that refreshes it may pick an earlier one: jitter)."""
+        token = self._store_get()
+        if token is None:
+            return None
+        refresh_at = refresh_deadlines(token, self.refresh_margin)[0]
+        return TokenInfo(token, _store_name(self.store), refresh_at)
 
     # -- single flight ---------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import configparser
 import functools
 import io
+import logging
 import os
 import shlex
 import threading
@@ -45,11 +46,12 @@ from typing import Any, Callable, NamedTuple, Optional
 from . import _clock
 from ._config import PROFILE_ENV, base_url_for_region, token_cache_place
 from ._hosts import check_secure_url
-from ._keysources import KILL_WAIT, BackgroundCall, run_helper
+from ._keysources import KILL_WAIT, BackgroundCall, checked_key, run_helper
 from ._runtime import RuntimeState
-from ._token import MAX_TOKEN_LENGTH
 from ._userfiles import MAX_CONFIG_SIZE, read_regular, replace_atomically, trust_problem
 from .errors import ApiKeyUnavailableError
+
+log = logging.getLogger("requests_opsnow")
 
 DEFAULT_PROFILE = "default"
 KEYRING_SERVICE = "requests-opsnow"
@@ -211,6 +213,30 @@ def api_key_of(profile: Profile) -> str | None:
     return _keys.key(profile)
 
 
+class ProfileKey:
+    """A profile's key source, read again after its key was rejected (a
+    :class:`~requests_opsnow._keysources.KeySource`): a rotated keyring entry, command
+    output or credentials file is used without a restart."""
+
+    __slots__ = ("profile",)
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.profile.name!r})"
+
+    def changed(self) -> bool:
+        return False  # only a rejection says so: asking costs a command or a keyring call
+
+    def key_now(self) -> str | None:
+        try:
+            return _keys.read_again(self.profile)
+        except ApiKeyUnavailableError as exc:
+            log.warning("the API key was rejected and reading it again failed: %s", exc)
+            return None
+
+
 # -- writing (opsnow configure, opsnow logout) ----------------------------------------------
 
 
@@ -288,7 +314,7 @@ def _key_from_source(profile: Profile) -> str | None:
                 f"profile {profile.name!r}: no key in the OS keyring; store one with:"
                 f" opsnow configure --profile {profile.name}"
             )
-        return _checked(str(key), f"profile {profile.name!r}: the key in the OS keyring")
+        return checked_key(str(key), f"profile {profile.name!r}: the key in the OS keyring")
     if source == "command":
         return _key_from_command(profile)
     if source == "plaintext":
@@ -319,16 +345,7 @@ def _key_from_command(profile: Profile) -> str:
     if not output:
         raise ApiKeyUnavailableError(f"{where} printed no key")
     key = output.splitlines()[0].strip()  # like `pass show`: the key, then other fields
-    return _checked(key, f"{where}'s first line")
-
-
-def _checked(key: str, what: str) -> str:
-    """``key``, unless it is too long to be one (the limit of a token: one limit for both)."""
-    if len(key) > MAX_TOKEN_LENGTH:
-        raise ApiKeyUnavailableError(
-            f"{what} is {len(key)} characters long: not an API key (at most {MAX_TOKEN_LENGTH})"
-        )
-    return key
+    return checked_key(key, f"{where}'s first line")
 
 
 def _key_from_credentials(profile: Profile) -> str:
@@ -340,7 +357,7 @@ def _key_from_credentials(profile: Profile) -> str:
             f"profile {profile.name!r}: no api_key for it in {path}; store one with:"
             f" opsnow configure --profile {profile.name} --insecure-storage"
         )
-    return _checked(key, f"profile {profile.name!r}: the api_key in {path}")
+    return checked_key(key, f"profile {profile.name!r}: the api_key in {path}")
 
 
 def _keyring_call(profile: Profile, method: str, *args: str) -> Any:
@@ -561,7 +578,7 @@ class _Keys(RuntimeState):
     each source read by one thread at a time (the others wait for its answer), and a
     failure remembered for :data:`KEY_SOURCE_RETRY_AFTER` seconds."""
 
-    _runtime_fields = ("_lock", "_known", "_failed", "_reading", "_keyring_call")
+    _runtime_fields = ("_lock", "_known", "_failed", "_reading", "_read_again", "_keyring_call")
 
     def __init__(self) -> None:
         self._start_runtime()
@@ -573,15 +590,12 @@ class _Keys(RuntimeState):
         """Why a source failed, and until when that answer stands (``_clock.now()``)."""
         self._reading: dict[_Identity, threading.Lock] = {}
         """Sources being read, each with a lock its reader holds (a latch for the others)."""
+        self._read_again: dict[_Identity, float] = {}
+        """When each source read again after a rejection may be read again (``_clock.now()``)."""
         self._keyring_call: BackgroundCall | None = None
 
     def key(self, profile: Profile) -> str | None:
-        identity = (
-            str(config_path()),
-            profile.name,
-            profile.api_key_source,
-            profile.api_key_command,
-        )
+        identity = _identity(profile)
         deadline = _clock.monotonic() + _longest_read()
         while True:
             with self._lock:
@@ -624,6 +638,17 @@ class _Keys(RuntimeState):
             self._known[identity] = key
         return key
 
+    def read_again(self, profile: Profile) -> str | None:
+        """The key read from the profile's source again (its key was rejected), at most
+        once per :data:`KEY_SOURCE_RETRY_AFTER`; until then, the key it last gave."""
+        identity, now = _identity(profile), _clock.now()
+        with self._lock:
+            if self._read_again.get(identity, 0.0) <= now:
+                self._read_again[identity] = now + KEY_SOURCE_RETRY_AFTER
+                self._known.pop(identity, None)
+                self._failed.pop(identity, None)
+        return self.key(profile)
+
     def forget(self, profile: Profile) -> None:
         with self._lock:
             for remembered in (self._known, self._failed):
@@ -653,6 +678,10 @@ class _Keys(RuntimeState):
         if call.error is not None:
             return _KeyringFailure(f"the OS keyring failed ({type(call.error).__name__})")
         return call.value
+
+
+def _identity(profile: Profile) -> _Identity:
+    return (str(config_path()), profile.name, profile.api_key_source, profile.api_key_command)
 
 
 _files = _Files()

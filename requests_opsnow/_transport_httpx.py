@@ -119,6 +119,10 @@ class HttpxTransport:
         self._api_key = api_key
         self._settings = settings
 
+    def use_key(self, api_key: str) -> None:
+        """Send ``api_key`` from the next attempt on (the auth's key source holds another)."""
+        self._api_key = api_key
+
     def __call__(self, cancellation: Cancellation) -> Token:
         """Fetch with a blocking client, for a thread."""
         schedule = RetrySchedule(self.endpoint)
@@ -150,7 +154,8 @@ class HttpxTransport:
                     )
 
     def _attempt(self, client: httpx.Client, cancellation: Cancellation) -> Token:
-        request, redacted = self._requests(client, cancellation)
+        api_key = self._api_key  # one key for the attempt, though the auth may switch
+        request, redacted = self._requests(client, cancellation, api_key)
         try:
             response = client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -159,10 +164,11 @@ class HttpxTransport:
             for chunk in response.iter_raw(READ_STEP):
                 if body.add(chunk):
                     break
-        return self._answer(response, redacted, body.data)
+        return self._answer(response, redacted, body.data, api_key)
 
     async def _attempt_async(self, client: httpx.AsyncClient, cancellation: Cancellation) -> Token:
-        request, redacted = self._requests(client, cancellation)
+        api_key = self._api_key
+        request, redacted = self._requests(client, cancellation, api_key)
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -174,7 +180,7 @@ class HttpxTransport:
                         break
             finally:
                 await response.aclose()
-        return self._answer(response, redacted, body.data)
+        return self._answer(response, redacted, body.data, api_key)
 
     def _async_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(**self._settings.client_options(self.endpoint))
@@ -188,21 +194,23 @@ class HttpxTransport:
             raise broke_off(self.endpoint, exc) from exc
 
     def _requests(
-        self, client: httpx.Client | httpx.AsyncClient, cancellation: Cancellation
+        self, client: httpx.Client | httpx.AsyncClient, cancellation: Cancellation, api_key: str
     ) -> tuple[httpx.Request, httpx.Request]:
         """The token request (an attempt, counted), and the copy without the key that errors
         and responses carry."""
         cancellation.attempts += 1
-        method, url, headers, body = token_request(self.endpoint, self._api_key)
+        method, url, headers, body = token_request(self.endpoint, api_key)
         request = client.build_request(method, url, headers=headers, content=body)
         return request, httpx.Request(method, url, headers=request.headers, content=REDACTED_BODY)
 
-    def _answer(self, response: httpx.Response, redacted: httpx.Request, body: bytes) -> Token:
+    def _answer(
+        self, response: httpx.Response, redacted: httpx.Request, body: bytes, api_key: str
+    ) -> Token:
         response.request = redacted
         status, reason, headers = response.status_code, response.reason_phrase, response.headers
         encoding = headers.get("Content-Encoding", "")  # read raw: httpx inflates a read whole
         return read_answer(
-            self.endpoint, self._api_key, status, reason, headers, body, encoding, response
+            self.endpoint, api_key, status, reason, headers, body, encoding, response
         )
 
     def _failure(

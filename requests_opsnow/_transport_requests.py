@@ -122,6 +122,10 @@ class RequestsTransport:
         self._settings = settings
         self._followed: weakref.ref[requests.Session] | None = None
 
+    def use_key(self, api_key: str) -> None:
+        """Send ``api_key`` from the next fetch on (the auth's key source holds another)."""
+        self._api_key = api_key
+
     def follow(self, session: requests.Session) -> None:
         """Send with ``session``'s verify, cert, proxies and trust_env, as they are at each
         fetch; unless another live session already set them (a shallow copy of that
@@ -141,10 +145,11 @@ class RequestsTransport:
             session.mount("http://", adapter)
         context = _current_cancellation.set(cancellation)
         try:
-            request, schedule = token_request(self.endpoint, self._api_key), None
+            api_key = self._api_key  # one key for the whole fetch, though the auth may switch
+            request, schedule = token_request(self.endpoint, api_key), None
             while True:
                 try:
-                    return self._attempt(session, request, settings, cancellation)
+                    return self._attempt(session, request, settings, cancellation, api_key)
                 except TokenRequestError as error:
                     schedule = schedule or RetrySchedule(self.endpoint)
                     _clock.sleep(schedule.delay_after(error, stopped=cancellation.cancelled))
@@ -159,6 +164,7 @@ class RequestsTransport:
         request: TokenRequest,
         settings: SendSettings,
         cancellation: Cancellation,
+        api_key: str,
     ) -> Token:
         method, url, headers, body = request
         # A session of the caller's may have an auth (even an OpsNowAuth): never for this.
@@ -182,7 +188,7 @@ class RequestsTransport:
             elif isinstance(exc, OSError):  # requests' check of verify= and cert= paths
                 raise unusable_tls_files(self.endpoint, exc, TLS_FIXES) from exc
             if _refused_by_a_mock(exc):
-                raise mock_refusal(self.endpoint, str(exc), self._api_key) from exc
+                raise mock_refusal(self.endpoint, str(exc), api_key) from exc
             stopped, timed_out = cancellation.cancelled, isinstance(exc, requests.Timeout)
             raise failure(
                 self.endpoint, exc, stopped=stopped, timed_out=timed_out, tls_fixes=TLS_FIXES
@@ -196,7 +202,7 @@ class RequestsTransport:
                         break
             except requests.RequestException as exc:
                 raise broke_off(self.endpoint, exc) from exc
-            key, status, reason = self._api_key, response.status_code, response.reason
+            key, status, reason = api_key, response.status_code, response.reason
             response.reason = (reason or "").replace(key, "***")
             response._content = kept_for_errors(status, read.data, key)
             return read_answer(

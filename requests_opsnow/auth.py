@@ -20,7 +20,7 @@ from . import _clock
 from ._core import AuthCore
 from ._driver_sync import run
 from ._hosts import Decision, check_cleartext, route
-from ._lifecycle import HeldToken
+from ._lifecycle import HeldToken, TokenLifecycle
 from ._replay import (
     inert_hook,
     is_replay,
@@ -84,7 +84,7 @@ class OpsNowAuth(AuthCore, AuthBase):
         attached = self._attached
         if attached.held is not self._lifecycle.held or _clock.now() >= attached.refresh_at:
             attached = self._attach(
-                run(self._lifecycle.obtain(self._endpoint.bound), self._transport)
+                run(self._keyed(TokenLifecycle.obtain, self._endpoint.bound), self._transport)
             )
         r.headers["Authorization"] = attached.header
         r.hooks["response"].append(attached.hook)
@@ -111,9 +111,8 @@ class OpsNowAuth(AuthCore, AuthBase):
         returning it while a background thread refreshes it: for short-lived
         processes (the ``opsnow`` command) that would exit before that thread is done.
         """
-        lifecycle, bound = self._lifecycle, self._endpoint.bound
-        flow = lifecycle.fresh(bound) if fresh else lifecycle.obtain(bound)
-        held = run(flow, self._transport)
+        flow = TokenLifecycle.fresh if fresh else TokenLifecycle.obtain
+        held = run(self._keyed(flow, self._endpoint.bound), self._transport)
         return TokenInfo(held.token, held.source, held.refresh_at)
 
     def follow_settings_of(self, session: requests.Session) -> None:
@@ -139,18 +138,18 @@ class OpsNowAuth(AuthCore, AuthBase):
         if request.headers.get("Authorization") != sent.header or is_replay(request):
             return response
         ready = prepare_replay(response)
-        lifecycle, transport = self._lifecycle, self._transport
         if isinstance(ready, str):
-            run(lifecycle.replay_skipped(sent.token), transport)
+            run(self._lifecycle.replay_skipped(sent.token), self._transport)
             warn_replay_skipped(request.method or "", request.url or "", ready)
             return response
         where = route(request.method or "", request.url or "")
-        replacement = run(lifecycle.after_401(self._endpoint.bound, sent.token, where), transport)
+        flow = self._keyed(TokenLifecycle.after_401, self._endpoint.bound, sent.token, where)
+        replacement = run(flow, self._transport)
         if replacement is None:
             return response
         replayed = resend(response, *ready, replacement.header, send_options)
         if replayed.status_code == 401:
-            lifecycle.refused(where, replacement.token)
+            self._lifecycle.refused(where, replacement.token)
         return replayed
 
 

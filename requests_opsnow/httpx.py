@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from . import _clock, _driver_async, _driver_sync
 from ._core import AuthCore
 from ._hosts import route
-from ._lifecycle import Done, HeldToken
+from ._lifecycle import Done, HeldToken, TokenLifecycle
 from ._replay import warn_replay_skipped
 from ._transport_httpx import ClientSettings, HttpxTransport
 
@@ -75,24 +75,24 @@ class OpsNowAuth(AuthCore, httpx.Auth):
         if not self._gets_token(str(request.url)):
             yield request
             return
-        lifecycle, bound = self._lifecycle, self._endpoint.bound
-        held = lifecycle.held
+        bound = self._endpoint.bound
+        held = self._lifecycle.held
         if held is None or _clock.now() >= held.refresh_at:
-            held = yield from lifecycle.obtain(bound)
+            held = yield from self._keyed(TokenLifecycle.obtain, bound)
         request.headers["Authorization"] = held.header
         response = yield request
         if not _rejected(response, held):
             return
         if not _resendable(request):
-            yield from lifecycle.replay_skipped(held.token)
+            yield from self._lifecycle.replay_skipped(held.token)
             warn_replay_skipped(request.method, str(request.url), _STREAMING)
             return
         where = route(request.method, str(request.url))
-        replacement = yield from lifecycle.after_401(bound, held.token, where)
+        replacement = yield from self._keyed(TokenLifecycle.after_401, bound, held.token, where)
         if replacement is not None:
             response = yield _copy_with(request, replacement.header)
             if response.status_code == 401:
-                lifecycle.refused(where, replacement.token)
+                self._lifecycle.refused(where, replacement.token)
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         flow, drive = self._flow(request), _driver_sync.drive
@@ -114,13 +114,12 @@ class OpsNowAuth(AuthCore, httpx.Auth):
 
     def get_token(self) -> str:
         """A valid access token, fetched if needed (blocking)."""
-        return _driver_sync.run(
-            self._lifecycle.obtain(self._endpoint.bound), self._transport
-        ).token.value
+        flow = self._keyed(TokenLifecycle.obtain, self._endpoint.bound)
+        return _driver_sync.run(flow, self._transport).token.value
 
     async def aget_token(self) -> str:
         """A valid access token, fetched if needed, without blocking the event loop."""
-        flow = self._lifecycle.obtain(self._endpoint.bound)
+        flow = self._keyed(TokenLifecycle.obtain, self._endpoint.bound)
         return (await _driver_async.run(flow, self._transport)).token.value
 
     async def ainvalidate(self) -> None:

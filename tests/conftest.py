@@ -37,8 +37,8 @@ def _clean_environment(
 ) -> None:
     """No OPSNOW_* leaks in from the machine; caches and profiles live under temp dirs."""
     for name in (
-        "OPSNOW_API_KEY", "OPSNOW_BASE_URL", "OPSNOW_REGION", "OPSNOW_PROFILE",
-        "OPSNOW_TOKEN_CACHE", "PYTHON_KEYRING_BACKEND",
+        "OPSNOW_API_KEY", "OPSNOW_API_KEY_FILE", "OPSNOW_BASE_URL", "OPSNOW_REGION",
+        "OPSNOW_PROFILE", "OPSNOW_TOKEN_CACHE", "PYTHON_KEYRING_BACKEND",
     ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

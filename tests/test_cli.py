@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,31 @@ def test_fake_server_json_is_one_line_a_program_can_read() -> None:
         process.communicate(timeout=10)
     assert reply.status_code == 200
     assert details["no_proxy"] == "127.0.0.1"
+
+
+def test_status_says_where_the_cached_token_came_from_when_it_was_obtained_and_is_due(
+    cli: Cli, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "secret"
+    key_file.write_text(cli.fake.api_key + "\n")
+    env = {"OPSNOW_TOKEN_CACHE": "file", "OPSNOW_API_KEY": "", "OPSNOW_API_KEY_FILE": str(key_file)}
+    assert cli("token", **env).returncode == 0
+    (token_file,) = (cli.cache_home / "requests-opsnow").glob("*.json")
+    record = json.loads(token_file.read_text())
+
+    status = cli("status", **env)
+
+    assert status.returncode == 0, status.stderr
+    assert f"key: the first line of {key_file} (OPSNOW_API_KEY_FILE)" in status.stdout
+    assert f"cached token: expires {moment(record['expires_at'])}, from the file store" in (
+        status.stdout
+    )
+    due = record["expires_at"] - 300  # the default margin: 5 minutes before expiry
+    assert f"obtained {moment(record['issued_at'])}; refresh due by {moment(due)}" in status.stdout
+    assert cli.fake.api_key not in status.stdout
+    assert record["access_token"] not in status.stdout
+
+
+def moment(epoch: float) -> str:
+    """A moment as ``opsnow status`` prints it."""
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")

@@ -17,8 +17,9 @@ import redis
 import requests_opsnow
 from requests_opsnow import FileTokenCache, MemoryTokenCache, OpsNowAuth, RedisTokenCache
 from requests_opsnow._config import _StoresByPlace
-from requests_opsnow._core import AuthCore
+from requests_opsnow._core import AuthCore, _Switching
 from requests_opsnow._driver_sync import _Refreshers, _Watchdog
+from requests_opsnow._keysources import _KeyFiles
 from requests_opsnow._lifecycle import TokenLifecycle, _Registry
 from requests_opsnow._profiles import _Files, _Keys
 from requests_opsnow._runtime import RuntimeState
@@ -50,6 +51,8 @@ def factories(tmp_path: Path) -> dict[type, Callable[[], Any]]:
         _Subscribers: _Subscribers,
         _Files: _Files,
         _Keys: _Keys,
+        _KeyFiles: _KeyFiles,
+        _Switching: _Switching,
     }
 
 
