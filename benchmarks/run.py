@@ -219,6 +219,9 @@ class BenchmarkReport:
     httpx: str
     httpx_auth: str | None
     """httpx-auth's version, or None when it is not installed (its rows are then missing)."""
+    opentelemetry_sdk: str | None
+    """The OpenTelemetry SDK's version when its tracer and meter providers were set for the
+    whole run, as an instrumented service has them; None when it is not installed."""
     auth_call: AuthCallCost
     stubbed: Overhead
     per_call: Overhead
@@ -708,6 +711,26 @@ ASYNC_BOUND = 120.0
 """Seconds: the longest any one async section may take before it is stopped (anyio.fail_after)."""
 
 
+def telemetry_on() -> str | None:
+    """Set the OpenTelemetry SDK's tracer and meter providers (spans kept in memory), as a
+    service that exports them has; the SDK's version, or None when it is not installed.
+    Every figure of the run is then measured with them set."""
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from opentelemetry.sdk.version import __version__
+    except ImportError:
+        return None
+    tracing = TracerProvider()
+    tracing.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    trace.set_tracer_provider(tracing)
+    metrics.set_meter_provider(MeterProvider())
+    return str(__version__)
+
+
 def _httpx_auth_version() -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -1142,6 +1165,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
     OUT.mkdir(exist_ok=True)
+    otel = telemetry_on()
     with section("auth() call"):
         auth_call = auth_call_cost()
     with section("per-request overhead, stubbed transport"):
@@ -1174,6 +1198,7 @@ def main() -> int:
         requests=requests.__version__,
         httpx=httpx.__version__,
         httpx_auth=_httpx_auth_version(),
+        opentelemetry_sdk=otel,
         auth_call=auth_call,
         stubbed=stubbed,
         per_call=per_call,
@@ -1196,10 +1221,12 @@ def main() -> int:
 
 def report(r: BenchmarkReport, drew: bool) -> str:
     stubbed, loopback, per_call, imp = r.stubbed, r.loopback, r.per_call, r.import_cost
+    otel = f"{r.opentelemetry_sdk} (providers set)" if r.opentelemetry_sdk else "not installed"
     lines = [
         "",
         f"Python {r.python}, requests {r.requests}, httpx {r.httpx},"
-        f" httpx-auth {r.httpx_auth or 'not installed'}",
+        f" httpx-auth {r.httpx_auth or 'not installed'},"
+        f" OpenTelemetry SDK {otel}",
         f"auth(prepared_request): {r.auth_call.auth_call_us:.2f} us",
         "per-request cost, OpsNowAuth vs a static Bearer auth (same session, interleaved medians):",
         f"  stubbed transport: {stubbed.static_us:.1f} us vs {stubbed.opsnow_us:.1f} us"

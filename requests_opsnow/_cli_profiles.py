@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from ._config import (
     API_KEY_ENV,
     BASE_URL_ENV,
+    KEY_FILE_ENV,
     PROFILE_ENV,
     REGIONS,
     TOKEN_CACHE_ENV,
@@ -24,7 +25,6 @@ from ._config import (
     Sources,
 )
 from ._hosts import safe_place, safe_url
-from ._keysources import KEY_FILE_ENV
 from ._profiles import (
     DEFAULT_PROFILE,
     Profile,

@@ -9,10 +9,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional, TypedDict, Union
 
 from ._hosts import safe_place
-from ._keysources import KEY_FILE_ENV, KeyFile, KeySource
 from ._runtime import RuntimeState
 
 if TYPE_CHECKING:
+    from ._keysources import KeySource
     from ._profiles import Profile
     from .cache import TokenCache
 
@@ -41,6 +41,8 @@ DEFAULT_MAX_RETRIES = 3
 
 TOKEN_PATH = "/platform/v2/identity/api-keys/token"  # noqa: S105 (a path, not a secret)
 API_KEY_ENV = "OPSNOW_API_KEY"
+KEY_FILE_ENV = "OPSNOW_API_KEY_FILE"
+"""Names a file whose first line is the key (when ``OPSNOW_API_KEY`` is not set)."""
 BASE_URL_ENV = "OPSNOW_BASE_URL"
 TOKEN_CACHE_ENV = "OPSNOW_TOKEN_CACHE"  # noqa: S105 (a variable name, not a secret)
 """Selects the token store when ``cache=`` is not given: ``memory`` (the default),
@@ -152,7 +154,9 @@ class Sources:
             return key, None
         path = os.environ.get(KEY_FILE_ENV, "").strip()
         if path:
-            key_file = KeyFile(path)
+            from ._keysources import KeyFile  # only then: it brings subprocess along
+
+            key_file = KeyFile(path, f"{KEY_FILE_ENV}={path}")
             return key_file.key(), key_file
         profile = self.profile()
         key = self._profile_key()

@@ -26,7 +26,6 @@ from ._config import (
     store_at,
 )
 from ._hosts import Decision, check_cleartext, check_root, check_secure_url, host_policy
-from ._keysources import KeySource
 from ._lifecycle import Flow, Io, TokenLifecycle, lifecycle_for
 from ._protocol import TokenEndpoint
 from ._runtime import RuntimeState
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._config import AuthOptions
+    from ._keysources import KeySource
 
 T = TypeVar("T")
 

@@ -33,9 +33,6 @@ from ._token import MAX_TOKEN_LENGTH
 from ._userfiles import MAX_CONFIG_SIZE, read_regular
 from .errors import ApiKeyUnavailableError
 
-KEY_FILE_ENV = "OPSNOW_API_KEY_FILE"
-"""Names a file whose first line is the key (when ``OPSNOW_API_KEY`` is not set)."""
-
 EXIT_POLL = 0.05
 """Seconds between checks that a helper has exited while a child of its keeps its output
 open (its output's end says so at once otherwise)."""
@@ -74,15 +71,16 @@ _Version = tuple[int, int, int, int]
 
 
 class KeyFile:
-    """``OPSNOW_API_KEY_FILE``: the key is the file's first line. Links are followed (a
-    Kubernetes secret is a link that the kubelet swaps atomically); only a regular file is
-    read, up to 64 kB. Read again when the file changes, in this process at most once per
-    change whatever the number of auths."""
+    """A file whose first line is the key (``OPSNOW_API_KEY_FILE``, which ``where`` names
+    in messages). Links are followed (a Kubernetes secret is a link that the kubelet swaps
+    atomically); only a regular file is read, up to 64 kB. Read again when the file
+    changes, in this process at most once per change whatever the number of auths."""
 
-    __slots__ = ("_version", "path")
+    __slots__ = ("_version", "path", "where")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, where: str) -> None:
         self.path = path
+        self.where = where
         self._version: _Version | None = None  # of the key this auth holds
 
     def __repr__(self) -> str:
@@ -90,7 +88,7 @@ class KeyFile:
 
     def key(self) -> str:
         """The key the file holds now; ApiKeyUnavailableError naming the file if none."""
-        key, self._version = _key_files.read(self.path)
+        key, self._version = _key_files.read(self.path, self.where)
         return key
 
     def changed(self) -> bool:
@@ -122,8 +120,7 @@ class _KeyFiles(RuntimeState):
         self._lock = threading.Lock()
         self._read: dict[str, tuple[_Version, str]] = {}
 
-    def read(self, path: str) -> tuple[str, _Version]:
-        where = f"{KEY_FILE_ENV}={path}"
+    def read(self, path: str, where: str) -> tuple[str, _Version]:
         try:
             version = _version_of(os.stat(path))
             with self._lock:
