@@ -8,7 +8,9 @@ import json
 import logging
 import os
 import pickle
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import pytest
@@ -54,6 +56,25 @@ def key_file(fake: FakeOpsNow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     return path
 
 
+def call_after_a_rotation(
+    fake: FakeOpsNow,
+    auth: OpsNowAuth,
+    put_in_source: Callable[[str], object],
+    caplog: pytest.LogCaptureFixture,
+) -> tuple[str, int]:
+    """A call, then a rotation (the new key put in the auth's source), then a call: the
+    old key, and the status of the call after the rotation. Neither key is logged."""
+    with requests.Session() as session:
+        assert session.get(companies(fake), auth=auth, timeout=TIMEOUT).status_code == 200
+        old = rotate(fake, "the-new-key")
+        put_in_source("the-new-key")
+        with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
+            status = session.get(companies(fake), auth=auth, timeout=TIMEOUT).status_code
+    assert "the-new-key" not in caplog.text
+    assert old not in caplog.text
+    return old, status
+
+
 def replace_secret(path: Path, key: str) -> None:
     """As the kubelet does: the new file written beside, then renamed over the old."""
     new = path.with_name(".new")
@@ -86,17 +107,10 @@ def test_a_rotated_key_file_is_used_by_a_running_auth_without_a_failed_call(
     fake: FakeOpsNow, key_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     auth = OpsNowAuth(base_url=fake.base_url)
-    with requests.Session() as session:
-        assert session.get(companies(fake), auth=auth, timeout=TIMEOUT).status_code == 200
-        old = rotate(fake, "the-new-key")
-        replace_secret(key_file, "the-new-key")
-        with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
-            response = session.get(companies(fake), auth=auth, timeout=TIMEOUT)
-    assert response.status_code == 200  # the 401 was answered by a token of the new key
+    old, status = call_after_a_rotation(fake, auth, partial(replace_secret, key_file), caplog)
+    assert status == 200  # the 401 was answered by a token of the new key
     assert keys_sent(fake) == [old, "the-new-key"]  # the old key was not tried again
     assert "the key file changed" in caplog.text
-    assert "the-new-key" not in caplog.text
-    assert old not in caplog.text
 
 
 def test_a_key_file_that_changes_is_used_at_the_next_token_request(
@@ -194,19 +208,11 @@ def runs(vault: Path) -> int:
 def test_a_rotated_key_behind_a_profile_s_command_is_used_after_one_rejection(
     fake: FakeOpsNow, command_key: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    auth = OpsNowAuth()
-    with requests.Session() as session:
-        assert session.get(companies(fake), auth=auth, timeout=TIMEOUT).status_code == 200
-        old = rotate(fake, "the-new-key")
-        command_key.write_text("the-new-key")
-        with caplog.at_level(logging.WARNING, logger="requests_opsnow"):
-            response = session.get(companies(fake), auth=auth, timeout=TIMEOUT)
-    assert response.status_code == 200  # the API's 401, a rejected key, the new key, replayed
+    old, status = call_after_a_rotation(fake, OpsNowAuth(), command_key.write_text, caplog)
+    assert status == 200  # the API's 401, a rejected key, the new key, replayed
     assert keys_sent(fake) == [old, old, "the-new-key"]
     assert runs(command_key) == 2  # once at the start, once after the rejection
     assert "the API key was rejected" in caplog.text
-    assert "the-new-key" not in caplog.text
-    assert old not in caplog.text
 
 
 def test_a_rejected_key_s_command_is_run_again_at_most_once_per_interval(
