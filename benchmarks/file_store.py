@@ -9,16 +9,21 @@ a write at 63 files, 35.6 ms at 40,169.
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from requests_opsnow import Token, filecache
 from requests_opsnow._token import token_to_record
 from requests_opsnow.filecache import FileTokenCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import interleaved  # benchmarks/ is a folder of scripts, not a package
 
 ROUNDS = 30
 PER_ROUND = 20
@@ -53,19 +58,16 @@ def a_fetch_stored(cache: FileTokenCache, number: int) -> None:
 
 
 def per_operation(folders: dict[str, Path]) -> dict[str, float]:
-    """Median µs of lock + read + write in each folder (swept just before: no sweep due)."""
-    caches = {name: FileTokenCache(folder) for name, folder in folders.items()}
-    samples: dict[str, list[float]] = {name: [] for name in folders}
-    for round_number in range(ROUNDS):
-        order = list(caches.items())
-        if round_number % 2:
-            order.reverse()
-        for name, cache in order:
-            start = time.perf_counter()
-            for number in range(PER_ROUND):
-                a_fetch_stored(cache, number)
-            samples[name].append((time.perf_counter() - start) / PER_ROUND * 1e6)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    """Median µs of lock + read + write in each folder (no sweep due)."""
+    variants = {name: fetches_stored_in(FileTokenCache(folder)) for name, folder in folders.items()}
+    samples = interleaved(variants, ROUNDS, PER_ROUND)
+    return {name: statistics.median(values) * 1e6 for name, values in samples.items()}
+
+
+def fetches_stored_in(cache: FileTokenCache) -> Callable[[], None]:
+    """What a fetch asks of ``cache``, once per call, over :data:`BUSY_KEYS` keys in turn."""
+    numbers = itertools.count()
+    return lambda: a_fetch_stored(cache, next(numbers))
 
 
 def sweep_ms(folder: Path) -> float:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,6 +64,21 @@ def at_once(actions: Sequence[Callable[[], T]]) -> list[T]:
 def tokens_together(auths: list[OpsNowAuth]) -> list[str]:
     """``get_token()`` on each auth, in threads released at the same instant."""
     return at_once([auth.get_token for auth in auths])
+
+
+def memory_kept_by(action: Callable[[], object], ignoring: Sequence[str] = ()) -> int:
+    """Bytes that ``action`` allocated and that are still held once it is done and the
+    garbage is collected, not counting what code in the files ``ignoring`` allocated."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        action()
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    kept = snapshot.filter_traces([tracemalloc.Filter(False, path) for path in ignoring])
+    return sum(statistic.size for statistic in kept.statistics("filename"))
 
 
 def run_together(count: int, action: Callable[[], T]) -> list[T]:

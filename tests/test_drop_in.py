@@ -11,7 +11,6 @@ import gc
 import secrets
 import threading
 import time
-import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -21,7 +20,7 @@ import responses
 from requests_opsnow import OpsNowAuth, Token, _lifecycle
 from requests_opsnow.testing import FakeOpsNow
 
-from .helpers import COMPANIES, bearer, wait_until
+from .helpers import COMPANIES, bearer, memory_kept_by, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -143,15 +142,12 @@ def test_memory_stays_bounded_however_many_keys_pass_through(
         _token_for_every_key(rsps)
         _use_keys("warm-up", 200)
         _forget_calls(rsps)
-        gc.collect()
-        tracemalloc.start()
-        try:
+
+        def measured() -> None:
             _use_keys("measured", 800)
             _forget_calls(rsps)
-            gc.collect()
-            grown, _ = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+
+        grown = memory_kept_by(measured)
     # Bounded, this is about 100 kB on CPython 3.11; 800 lifecycles kept would be 0.9 MB.
     assert grown < 400_000
 
@@ -191,14 +187,11 @@ def test_a_thousand_tenants_each_keep_their_token_with_an_auth_built_per_call() 
 def test_a_hundred_thousand_keys_stay_within_the_registrys_memory_bound() -> None:
     now = time.time()
     token = "t" * 1000  # about a JWT's size
-    gc.collect()
-    tracemalloc.start()
-    try:
+
+    def hundred_thousand_keys() -> None:
         for number in range(100_000):
             lifecycle = _lifecycle.lifecycle_for(MOCK_TOKEN_URL, f"k{number}", 300.0, None)
             lifecycle.held = _lifecycle.HeldToken(Token(token, now + 3600, now), 300.0)
-        gc.collect()
-        kept, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+
+    kept = memory_kept_by(hundred_thousand_keys)
     assert kept < 1.25 * _lifecycle.REMEMBERED_BYTES  # 32 MiB, not 100,000 x 3 kB (300 MB)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import multiprocessing
@@ -11,7 +10,6 @@ import pathlib
 import stat
 import threading
 import time
-import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -27,7 +25,7 @@ from requests_opsnow.filecache import FileTokenCache, default_cache_dir
 from requests_opsnow.testing import FakeOpsNow
 
 from ._workers import fetch_with_file_cache, rejected_member
-from .helpers import FakeClock, MakeAuth, tokens_together
+from .helpers import FakeClock, MakeAuth, memory_kept_by, tokens_together
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -439,19 +437,9 @@ def test_a_cache_over_many_keys_keeps_a_bounded_memory(
             stored(cache, f"{number:064x}", 600)
 
     use(range(400))  # warm up to the bound
-    gc.collect()
-    tracemalloc.start()
-    try:
-        use(range(400, 1400))
-        gc.collect()
-        # Not pathlib's: it interns each file name, and CPython's table of interned strings
-        # grows in one block of megabytes now and then (a table, not names it keeps).
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, pathlib.__file__)]
-        )
-    finally:
-        tracemalloc.stop()
-    grown = sum(statistic.size for statistic in snapshot.statistics("filename"))
+    # Not pathlib's: it interns each file name, and CPython's table of interned strings
+    # grows in one block of megabytes now and then (a table, not names it keeps).
+    grown = memory_kept_by(lambda: use(range(400, 1400)), ignoring=[pathlib.__file__])
     assert grown < 200_000  # 1,000 more keys: 4 MB when each key's token and lock were kept
     assert cache.get(f"{1399:064x}") is not None  # the folder still has every one
     assert cache.get(f"{401:064x}") is not None

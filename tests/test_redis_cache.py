@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 import logging
 import multiprocessing
 import os
@@ -14,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,7 +29,14 @@ from requests_opsnow.rediscache import BREAKER_MAX_PAUSE, RedisTokenCache
 from requests_opsnow.testing import FakeOpsNow
 
 from ._workers import fleet_member, token_of
-from .helpers import COMPANIES, FakeClock, MakeAuth, legacy_scripts_at_once, tokens_together
+from .helpers import (
+    COMPANIES,
+    FakeClock,
+    MakeAuth,
+    legacy_scripts_at_once,
+    memory_kept_by,
+    tokens_together,
+)
 from .redis_support import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(90)]
@@ -466,14 +471,7 @@ def test_a_cache_over_many_keys_keeps_a_bounded_memory(
                 cache.set(key, Token("t" * 300, now + 600, now))
 
     use(range(400))  # warm up to the bound
-    gc.collect()
-    tracemalloc.start()
-    try:
-        use(range(400, 2400))
-        gc.collect()
-        grown, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    grown = memory_kept_by(lambda: use(range(400, 2400)))
     assert grown < 200_000  # 2,000 more keys, each ~1 kB in memory if kept: 2 MB
     assert cache.get(f"{2399:064x}") is not None  # Redis still has every one
     assert cache.get(f"{401:064x}") is not None
