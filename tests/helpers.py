@@ -86,6 +86,26 @@ def run_together(count: int, action: Callable[[], T]) -> list[T]:
     return at_once([action] * count)
 
 
+def rejected_in_four_processes(fake: FakeOpsNow, calls: int, **store: str) -> list[int]:
+    """Four processes sharing a store (``directory=``, or ``redis_url=`` and ``prefix=``),
+    each asking ``calls`` times for a token with a key the fake rejects, all at once: the
+    rejections each got."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ._workers import rejected_member
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(4)
+        with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
+            futures = [
+                pool.submit(rejected_member, barrier, fake.base_url, calls, **store)
+                for _ in range(4)
+            ]
+            return [future.result(timeout=60) for future in futures]
+
+
 def legacy_scripts_at_once(
     fake: FakeOpsNow, token_cache: str, monkeypatch: pytest.MonkeyPatch, count: int = 8
 ) -> list[int]:

@@ -24,8 +24,14 @@ from requests_opsnow.cache import cache_key
 from requests_opsnow.filecache import FileTokenCache, default_cache_dir
 from requests_opsnow.testing import FakeOpsNow
 
-from ._workers import fetch_with_file_cache, rejected_member
-from .helpers import FakeClock, MakeAuth, memory_kept_by, tokens_together
+from ._workers import fetch_with_file_cache
+from .helpers import (
+    FakeClock,
+    MakeAuth,
+    memory_kept_by,
+    rejected_in_four_processes,
+    tokens_together,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -466,14 +472,6 @@ def test_a_backoff_window_is_a_private_file_that_a_token_ends(
 def test_four_processes_sharing_a_folder_make_at_most_two_token_requests_for_a_rejected_key(
     fake: FakeOpsNow, tmp_path: Path
 ) -> None:
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        barrier = manager.Barrier(4)
-        with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
-            futures = [
-                pool.submit(rejected_member, barrier, fake.base_url, 25, directory=str(tmp_path))
-                for _ in range(4)
-            ]
-            errors = [future.result(timeout=60) for future in futures]
+    errors = rejected_in_four_processes(fake, 25, directory=str(tmp_path))
     assert errors == [25] * 4
     assert fake.token_requests <= 2  # the window, recorded in the folder, held for all four

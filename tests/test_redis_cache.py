@@ -35,6 +35,7 @@ from .helpers import (
     MakeAuth,
     legacy_scripts_at_once,
     memory_kept_by,
+    rejected_in_four_processes,
     tokens_together,
 )
 from .redis_support import RedisServer
@@ -428,22 +429,7 @@ def test_lock_timeout_is_the_deprecated_name_of_lock_lease(client: Any) -> None:
 def test_a_rejected_key_costs_one_token_request_for_a_whole_fleet_within_its_window(
     fake: FakeOpsNow, redis_url: str, prefix: str
 ) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from ._workers import rejected_member
-
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        barrier = manager.Barrier(4)
-        with ProcessPoolExecutor(max_workers=4, mp_context=context) as pool:
-            futures = [
-                pool.submit(
-                    rejected_member, barrier, fake.base_url, 25, redis_url=redis_url, prefix=prefix
-                )
-                for _ in range(4)
-            ]
-            errors = [future.result(timeout=60) for future in futures]
+    errors = rejected_in_four_processes(fake, 25, redis_url=redis_url, prefix=prefix)
     assert errors == [25] * 4
     assert fake.token_requests <= 2  # the window, recorded in Redis, held for every host
 
