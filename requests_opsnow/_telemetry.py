@@ -87,7 +87,8 @@ def subscribe(callback: Callable[[TokenEvent], object]) -> Callable[[], None]:
     return unsubscribe
 
 
-def _emit(event: TokenEvent) -> None:
+def _emit(event: TokenEvent, otel: _OpenTelemetry | None) -> None:
+    """To every subscriber, and to OpenTelemetry's instruments (``otel``: :func:`_otel`)."""
     for callback in _subscribers.callbacks:
         try:
             callback(event)
@@ -95,7 +96,6 @@ def _emit(event: TokenEvent) -> None:
             if id(callback) not in _subscribers.failed_once:
                 _subscribers.failed_once.add(id(callback))
                 log.warning("a token event subscriber %r raised; ignored", callback, exc_info=True)
-    otel = _otel()
     if otel is not None:
         otel.record(event)
 
@@ -205,31 +205,28 @@ def fetching(flight: Any) -> Iterator[Fetched]:
                 getattr(fetched.token, "expires_at", None), _clock.monotonic() - started,
             )  # fmt: skip
             if current is not None and otel is not None:
-                current.set_attributes(_span_attributes(event))
+                current.set_attributes({
+                    "opsnow.token.trigger": event.trigger,
+                    "opsnow.token.outcome": outcome,
+                    "opsnow.token.source": event.source,
+                    "opsnow.token.attempts": event.attempts,
+                    "server.address": event.server_address,
+                })  # fmt: skip
                 if error_type is not None:
+                    current.set_attribute("error.type", error_type)
                     current.set_status(otel.error)
-            _emit(event)
-
-
-def _span_attributes(event: TokenEvent) -> dict[str, Any]:
-    attributes = {
-        "opsnow.token.trigger": event.trigger,
-        "opsnow.token.outcome": event.outcome,
-        "opsnow.token.source": event.source,
-        "opsnow.token.attempts": event.attempts,
-        "server.address": event.server_address,
-        "error.type": event.error_type,
-    }
-    return {name: value for name, value in attributes.items() if value is not None}
+            _emit(event, otel)
 
 
 def waited(about: Flown, duration: float) -> None:
     """A caller waited ``duration`` seconds for another's flight."""
-    if _subscribers.callbacks or _otel() is not None:
-        _emit(TokenEvent("wait", about.key_id, about.server_address, duration=duration))
+    otel = _otel()
+    if _subscribers.callbacks or otel is not None:
+        _emit(TokenEvent("wait", about.key_id, about.server_address, duration=duration), otel)
 
 
 def replayed(key_id: str, server_address: str, outcome: str) -> None:
     """The answer to a 401: ``replayed``, ``skipped_body`` or ``refused_again``."""
-    if _subscribers.callbacks or _otel() is not None:
-        _emit(TokenEvent("replay", key_id, server_address, outcome=outcome))
+    otel = _otel()
+    if _subscribers.callbacks or otel is not None:
+        _emit(TokenEvent("replay", key_id, server_address, outcome=outcome), otel)
