@@ -48,21 +48,24 @@ class Telemetry:
         self.reader = InMemoryMetricReader()
         metrics.set_meter_provider(MeterProvider(metric_readers=[self.reader]))
         self.before: Counter[tuple[Any, ...]] = Counter()
+        self.seen: dict[tuple[Any, ...], int] = {}
 
     def fetch_spans(self) -> list[ReadableSpan]:
         return [s for s in self.spans.get_finished_spans() if s.name == "opsnow.token.fetch"]
 
     def _points(self) -> Counter[tuple[Any, ...]]:
         """Sums and histogram counts, by metric name and attributes (cumulative)."""
-        points: Counter[tuple[Any, ...]] = Counter()
         data = self.reader.get_metrics_data()
         for resource in data.resource_metrics if data is not None else []:
             for scope in resource.scope_metrics:
                 for metric in scope.metrics:
                     for point in metric.data.data_points:
                         key = (metric.name, tuple(sorted(point.attributes.items())))
-                        points[key] += getattr(point, "value", None) or point.count
-        return points
+                        # a sum's value (0 too), a histogram's count
+                        self.seen[key] = point.value if hasattr(point, "value") else point.count
+        # Kept from earlier reads: older SDKs (1.20) leave out a cumulative histogram's
+        # point when nothing was recorded since the last read.
+        return Counter(self.seen)
 
     def reset(self) -> None:
         self.spans.clear()
