@@ -232,7 +232,7 @@ class ProfileKey:
     def key_now(self) -> str | None:
         try:
             return _keys.read_again(self.profile)
-        except ApiKeyUnavailableError as exc:
+        except (ApiKeyUnavailableError, ValueError) as exc:  # a config broken since, say
             log.warning("the API key was rejected and reading it again failed: %s", exc)
             return None
 

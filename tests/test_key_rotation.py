@@ -268,3 +268,19 @@ def test_an_httpx_async_auth_takes_the_new_key(fake: FakeOpsNow, command_key: Pa
 
     assert anyio.run(call) == 200
     assert keys_sent(fake) == [old, "the-new-key"]
+
+
+def test_a_source_that_fails_when_read_again_leaves_the_rejection_as_it_was(
+    fake: FakeOpsNow, command_key: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth = OpsNowAuth()
+    rotate(fake, "the-new-key")
+    command_key.unlink()  # the helper now fails (its vault is gone)
+    with (
+        caplog.at_level(logging.WARNING, logger="requests_opsnow"),
+        pytest.raises(InvalidApiKeyError),
+    ):
+        auth.get_token()
+    assert "reading it again failed" in caplog.text
+    assert "exit status 1" in caplog.text
+    assert fake.token_requests == 1
