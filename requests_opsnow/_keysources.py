@@ -30,7 +30,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 from . import _clock
 from ._runtime import RuntimeState
 from ._token import MAX_TOKEN_LENGTH
-from ._userfiles import MAX_CONFIG_SIZE, read_regular
+from ._userfiles import MAX_CONFIG_SIZE, FileVersion, file_version, read_regular
 from .errors import ApiKeyUnavailableError
 
 EXIT_POLL = 0.05
@@ -66,9 +66,6 @@ def checked_key(key: str, what: str) -> str:
 
 # -- a key file -------------------------------------------------------------------------
 
-_Version = tuple[int, int, int, int]
-"""A file's device, inode, size and modification time (ns): it changed if any did."""
-
 
 class KeyFile:
     """A file whose first line is the key (``OPSNOW_API_KEY_FILE``, which ``where`` names
@@ -81,7 +78,7 @@ class KeyFile:
     def __init__(self, path: str, where: str) -> None:
         self.path = path
         self.where = where
-        self._version: _Version | None = None  # of the key this auth holds
+        self._version: FileVersion | None = None  # of the key this auth holds
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
@@ -93,7 +90,7 @@ class KeyFile:
 
     def changed(self) -> bool:
         try:
-            return _version_of(os.stat(self.path)) != self._version
+            return file_version(os.stat(self.path)) != self._version
         except OSError:
             return True  # gone: key_now says why
 
@@ -102,10 +99,6 @@ class KeyFile:
             return self.key()
         except ApiKeyUnavailableError:
             return None  # mid-rotation, say: the key in use stays
-
-
-def _version_of(info: os.stat_result) -> _Version:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 class _KeyFiles(RuntimeState):
@@ -118,11 +111,11 @@ class _KeyFiles(RuntimeState):
 
     def _new_runtime_state(self) -> None:
         self._lock = threading.Lock()
-        self._read: dict[str, tuple[_Version, str]] = {}
+        self._read: dict[str, tuple[FileVersion, str]] = {}
 
-    def read(self, path: str, where: str) -> tuple[str, _Version]:
+    def read(self, path: str, where: str) -> tuple[str, FileVersion]:
         try:
-            version = _version_of(os.stat(path))
+            version = file_version(os.stat(path))
             with self._lock:
                 known = self._read.get(path)
             if known is not None and known[0] == version:
@@ -136,7 +129,7 @@ class _KeyFiles(RuntimeState):
         key = checked_key(lines[0].strip() if lines else "", f"{where}'s first line")
         if not key:
             raise ApiKeyUnavailableError(f"{where}: the file holds no key")
-        version = _version_of(info)
+        version = file_version(info)
         with self._lock:
             self._read[path] = (version, key)
         return key, version

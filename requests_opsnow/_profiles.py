@@ -48,7 +48,14 @@ from ._config import PROFILE_ENV, base_url_for_region, token_cache_place
 from ._hosts import check_secure_url
 from ._keysources import KILL_WAIT, BackgroundCall, checked_key, run_helper
 from ._runtime import RuntimeState
-from ._userfiles import MAX_CONFIG_SIZE, read_regular, replace_atomically, trust_problem
+from ._userfiles import (
+    MAX_CONFIG_SIZE,
+    FileVersion,
+    file_version,
+    read_regular,
+    replace_atomically,
+    trust_problem,
+)
 from .errors import ApiKeyUnavailableError
 
 log = logging.getLogger("requests_opsnow")
@@ -479,9 +486,9 @@ class _Files(RuntimeState):
             raise ValueError(problem)
         with self._lock:
             parsed = self._parsed.get(path)
-        if parsed is None or parsed.version != _version(info):
+        if parsed is None or parsed.version != file_version(info):
             parser, info = _parse(path)
-            parsed = _Parsed(_version(info), parser, _profiles_in(parser))
+            parsed = _Parsed(file_version(info), parser, _profiles_in(parser))
             with self._lock:
                 self._parsed[path] = parsed
         return parsed
@@ -492,17 +499,10 @@ class _Files(RuntimeState):
 
 
 class _Parsed(NamedTuple):
-    version: tuple[int, ...]
-    """The file's identity and change times when it was read (see :func:`_version`)."""
+    version: FileVersion
+    """The file's identity and change times when it was read."""
     parser: configparser.ConfigParser
     profiles: dict[str, Profile]
-
-
-def _version(info: os.stat_result) -> tuple[int, ...]:
-    """What tells one version of a file from the next: a rename puts a new inode in
-    place, and a write moves the modification and change times (or at least the size,
-    where those times are coarse)."""
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def _profiles_in(parser: configparser.ConfigParser) -> dict[str, Profile]:

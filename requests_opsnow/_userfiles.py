@@ -113,6 +113,17 @@ def replace_atomically(
         raise
 
 
+FileVersion = tuple[int, ...]
+"""What tells one version of a file from the next (see :func:`file_version`)."""
+
+
+def file_version(info: os.stat_result) -> FileVersion:
+    """What tells one version of a file from the next: a rename puts a new inode in
+    place, and a write moves the modification and change times (or at least the size,
+    where those times are coarse)."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def current_uid() -> int | None:
     getuid = getattr(os, "getuid", None)  # not on Windows
     return int(getuid()) if getuid is not None else None
