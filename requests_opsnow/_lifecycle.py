@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from weakref import WeakValueDictionary
 
 from . import _clock, _telemetry
-from ._protocol import BOUND_SETTINGS, retry_after
+from ._protocol import BOUND_SETTINGS, full_jitter, retry_after
 from ._runtime import RuntimeState
 from ._telemetry import Flown
 from ._token import Token, TokenInfo
@@ -270,8 +270,7 @@ def _backoff_until(error: BaseException, failures: int) -> float:
     if isinstance(error, InvalidApiKeyError):
         window = REJECTED_KEY_BACKOFF
     else:
-        ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures - 1, 32))
-        window = max(BACKOFF_MIN, random.uniform(0, ceiling))
+        window = max(BACKOFF_MIN, full_jitter(BACKOFF_FIRST, BACKOFF_MAX, failures - 1))
     response = getattr(error, "response", None)
     asked = retry_after(response.headers) if response is not None else None
     return _clock.now() + max(window, asked or 0.0)

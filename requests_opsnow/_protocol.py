@@ -407,7 +407,14 @@ def _retry_delay(error: TokenRequestError, attempt: int) -> float:
     wait = retry_after(response.headers) if response is not None else None
     if wait is not None:
         return wait
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+    return full_jitter(BACKOFF_BASE, BACKOFF_CAP, attempt)
+
+
+def full_jitter(first: float, cap: float, attempt: int) -> float:
+    """A random wait between 0 and ``first`` doubled ``attempt`` times, capped at ``cap``
+    ("full jitter": callers that failed together do not try again together). The retries
+    of one token request and the backoff windows between flights both wait this way."""
+    return random.uniform(0, min(cap, first * 2 ** min(attempt, 32)))
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
