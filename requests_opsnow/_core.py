@@ -121,23 +121,22 @@ class AuthCore(RuntimeState):
 
     def _rekeyed(self, source: KeySource, flow: Callable[..., Flow[T]], *args: Any) -> Flow[T]:
         if source.changed():  # a key file's stat: a rotated secret is used before its time
-            yield Io(lambda: self._take_key(None))
+            yield Io(lambda: self._take_key(source, None))
         lifecycle = self._lifecycle
         try:
             return (yield from flow(lifecycle, *args))
         except InvalidApiKeyError:
-            if not (yield Io(lambda: self._take_key(lifecycle))):
+            if not (yield Io(lambda: self._take_key(source, lifecycle))):
                 raise
         return (yield from flow(self._lifecycle, *args))
 
-    def _take_key(self, rejected: TokenLifecycle | None) -> bool:
-        """Read the key source again and switch to the key it holds if that is another
+    def _take_key(self, source: KeySource, rejected: TokenLifecycle | None) -> bool:
+        """Read the key ``source`` again and switch to the key it holds if that is another
         (``rejected``: the lifecycle whose key was rejected). Whether the auth now has
         another key than ``rejected``'s. Blocking: a command, a keyring, a file."""
-        assert self._key_source is not None
         if rejected is not None and self._lifecycle is not rejected:
             return True  # another thread has switched already
-        key = self._key_source.key_now()  # a profile's source is read by one thread at once
+        key = source.key_now()  # a profile's source is read by one thread at once
         if key is None:
             return False
         with _switching.lock:
@@ -153,7 +152,7 @@ class AuthCore(RuntimeState):
         log.warning(
             "%s: using the new API key that %r holds",
             "the API key was rejected" if rejected is not None else "the key file changed",
-            self._key_source,
+            source,
         )
         return True
 
