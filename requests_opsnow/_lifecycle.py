@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from weakref import WeakValueDictionary
 
 from . import _clock, _telemetry
-from ._protocol import BOUND_SETTINGS, full_jitter, retry_after
+from ._protocol import BOUND_SETTINGS, LONGEST_RETRY_AFTER, full_jitter, retry_after
 from ._runtime import RuntimeState
 from ._telemetry import Flown
 from ._token import Token, TokenInfo
@@ -55,6 +55,10 @@ the window get the failure again at once; a valid token is used throughout."""
 
 REJECTED_KEY_BACKOFF = 60.0
 """After the key is rejected (``InvalidApiKeyError``), no token request for this long."""
+
+LONGEST_BACKOFF = max(BACKOFF_MAX, REJECTED_KEY_BACKOFF, LONGEST_RETRY_AFTER)
+"""No window is longer. A store's record of one that ends later is not ours (outside data:
+anyone who can write to a shared Redis can write there): it reads as absent."""
 
 REFETCH_AFTER_401_INTERVAL = 30.0
 """A request whose replay (with the token fetched after its 401) is refused too means
@@ -712,8 +716,13 @@ class TokenLifecycle(RuntimeState):
                 log.debug("using the token another caller stored in %r", self.store)
                 flight.source = _store_name(self.store)
                 return cached
-            window = self._store_call("backoff", None)
-            if isinstance(window, tuple) and len(window) == 3 and _clock.now() < window[0]:
+            window, now = self._store_call("backoff", None), _clock.now()
+            # One that ends past the longest window is not ours: absent, like a bad token.
+            if (
+                isinstance(window, tuple)
+                and len(window) == 3
+                and now < window[0] <= now + LONGEST_BACKOFF
+            ):
                 raise _recorded(*window)
             log.debug("fetching a new OpsNow token")
             try:

@@ -48,6 +48,9 @@ BACKOFF_CAP = 8.0
 RETRY_BUDGET = 30.0
 """Total seconds spent sleeping between attempts; past it the last error is raised."""
 
+LONGEST_RETRY_AFTER = 10 * RETRY_BUDGET
+"""A server's ``Retry-After`` is honoured up to this many seconds."""
+
 MAX_RESPONSE_BYTES = 64 * 1024
 """The largest token response read, compressed or not: a token is at most
 ``MAX_TOKEN_LENGTH`` characters, so anything this big is not a token response."""
@@ -427,7 +430,7 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         seconds = Retry.DEFAULT.parse_retry_after(value)
     except (InvalidHeader, ValueError, OverflowError):
         return None
-    return float(min(seconds, 10 * RETRY_BUDGET))  # no float overflow from 400 digits
+    return float(min(seconds, LONGEST_RETRY_AFTER))  # no float overflow from 400 digits
 
 
 def _failure_kind(error: TokenRequestError) -> str:

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from requests_opsnow import InvalidApiKeyError, TokenRequestError, _clock
-from requests_opsnow._lifecycle import BACKOFF_MIN, REJECTED_KEY_BACKOFF
+from requests_opsnow._lifecycle import BACKOFF_MIN, LONGEST_BACKOFF, REJECTED_KEY_BACKOFF
+from requests_opsnow.cache import cache_key
+from requests_opsnow.filecache import FileTokenCache
 from requests_opsnow.testing import FakeOpsNow
 
 from .helpers import COMPANIES, FakeClock, MakeAuth, get_status, run_together
@@ -127,3 +129,23 @@ def test_a_valid_token_serves_through_an_outage_and_its_failed_refreshes(
     assert statuses == [200] * 20
     assert {r.header("Authorization") for r in fake.api_requests} == {f"Bearer {token}"}
     assert 1 <= fake.token_requests <= 1 + 100 // BACKOFF_MIN  # the windows spaced them out
+
+
+@pytest.mark.parametrize("ends_in", [60.0, 10.0**9], ids=["a-minute", "a-planted-forever"])
+def test_a_window_recorded_in_a_shared_store_holds_unless_it_is_longer_than_any_we_set(
+    fake: FakeOpsNow, make_auth: MakeAuth, tmp_path: Any, clock: FakeClock, ends_in: float
+) -> None:
+    # A shared store is outside data: a record no process of ours could have written (one
+    # ending past LONGEST_BACKOFF) must not stop every host's token requests for good.
+    cache = FileTokenCache(tmp_path)
+    key = cache_key(fake.token_url, fake.api_key)
+    cache.set_backoff(key, clock.now() + ends_in, "TokenRequestError", "HTTP 503 (elsewhere)")
+    auth = make_auth(cache=cache)
+    if ends_in <= LONGEST_BACKOFF:
+        with pytest.raises(TokenRequestError, match="recorded in the store"):
+            auth.get_token()
+        assert fake.token_requests == 0
+    else:
+        assert auth.get_token() == fake.issued_tokens[0]
+        assert fake.token_requests == 1
+        assert cache.backoff(key) is None  # the token ended it
