@@ -158,7 +158,7 @@ def backoff_from_record(raw: str | bytes) -> tuple[float, str, str] | None:
         if record["format"] != BACKOFF_FORMAT or until is None:
             return None
         if isinstance(kind, str) and isinstance(message, str) and kind.isidentifier():
-            return until, kind, message[:_MAX_BACKOFF_MESSAGE]
+            return until, kind, " ".join(message[:_MAX_BACKOFF_MESSAGE].split())  # one line
     except Exception:  # noqa: BLE001 - outside data: unusable means absent
         return None
     return None

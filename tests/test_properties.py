@@ -31,6 +31,8 @@ from requests_opsnow._token import (
     MAX_LIFETIME,
     MAX_TOKEN_LENGTH,
     Token,
+    backoff_from_record,
+    backoff_to_record,
     jwt_expiry,
     parse_token_payload,
     token_from_record,
@@ -149,6 +151,38 @@ def test_a_valid_record_round_trips(value: str, issued: float, lifetime: float) 
     if token.lifetime <= 0:  # too small to survive float addition at this magnitude
         return
     assert token_from_record(token_to_record(token)) == token
+
+
+_backoff_records = st.fixed_dictionaries(
+    {
+        "format": st.just("requests-opsnow/backoff/1") | st.text(max_size=5),
+        "until": st.floats(allow_nan=True, allow_infinity=True) | json_values,
+        "kind": st.text(max_size=30) | json_values,
+        "message": st.text(max_size=2000) | json_values,
+    }
+).map(json.dumps)
+
+
+@given(st.text(max_size=300) | st.binary(max_size=300) | _backoff_records)
+def test_any_stored_backoff_window_reads_as_one_of_ours_or_absent(raw: str | bytes) -> None:
+    window = backoff_from_record(raw)
+    if window is not None:
+        until, kind, message = window
+        assert math.isfinite(until)
+        assert kind.isidentifier()
+        assert len(message) <= 1000
+        assert message == " ".join(message.split())  # one line: no forged log lines
+
+
+@given(
+    until=st.floats(min_value=0, max_value=4e9),
+    kind=st.sampled_from(["InvalidApiKeyError", "TokenRequestError"]),
+    message=st.text(max_size=3000),
+)
+def test_a_backoff_window_round_trips_as_one_line(until: float, kind: str, message: str) -> None:
+    assert backoff_from_record(backoff_to_record(until, kind, message)) == (
+        until, kind, " ".join(message[:1000].split())
+    )  # fmt: skip
 
 
 # -- Retry-After, error bodies -----------------------------------------------------------------
